@@ -1,0 +1,111 @@
+"""Validation of a composed config, in one place, before any work starts.
+
+Every problem is reported as one line naming the key, the bad value and what is allowed. Hydra's own
+errors (an unknown group option, an unknown key) come earlier and keep their own clear form.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from omegaconf import DictConfig
+
+from backproplab.trainers import TRAINERS
+
+ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
+PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
+FULL_PRECISIONS = ("64-true", "64", "32-true", "32")  # the hand-written trainers compute in data.dtype
+DTYPES = ("float32", "float64")
+INITS = ("default", "randn")
+NO_GPU = (
+    "trainer.accelerator=gpu was requested but no CUDA device is available; "
+    "use trainer.accelerator=cpu or auto"
+)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message is the one line shown to the user."""
+
+
+def _int(cfg: DictConfig, key: str, minimum: int) -> None:
+    value = cfg_get(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}={value!r} is invalid: expected an integer >= {minimum}")
+
+
+def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> None:
+    value = cfg_get(cfg, key)
+    if str(value) not in allowed:
+        raise ConfigError(f"{key}={value!r} is invalid: allowed values are {', '.join(allowed)}")
+
+
+def cfg_get(cfg: DictConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node.get(part) if node is not None else None
+    return node
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first invalid value; check the cheap things before CUDA/TF probes."""
+    _int(cfg, "seed", 0)
+    for key in ("data.n", "data.d_in", "data.d_out", "model.hidden", "trainer.max_steps"):
+        _int(cfg, key, 1)
+    _choice(cfg, "data.dtype", DTYPES)
+    _choice(cfg, "model.init", INITS)
+    if not isinstance(cfg.model.bias, bool):
+        raise ConfigError(f"model.bias={cfg.model.bias!r} is invalid: expected true or false")
+    if cfg.model.name == "dynamic":
+        _int(cfg, "model.max_repeats", 0)
+    lr = cfg.optim.lr
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ConfigError(f"optim.lr={lr!r} is invalid: expected a finite number > 0")
+    momentum = cfg.optim.get("momentum", 0.0)
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+        raise ConfigError(f"optim.momentum={momentum!r} is invalid: expected a number in [0, 1)")
+    _choice(cfg, "trainer.accelerator", ACCELERATORS)
+    _choice(cfg, "trainer.precision", PRECISIONS)
+    devices = cfg.trainer.get("devices", 1)
+    if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
+        raise ConfigError(f"trainer.devices={devices!r} is invalid: expected an integer >= 1 or auto")
+    if cfg.logger.name == "mlflow":
+        _int(cfg, "logger.flush_every", 1)
+    check_support(cfg)
+
+
+def check_support(cfg: DictConfig) -> None:
+    """Refuse a trainer x model x optim x accelerator combination the trainer cannot run."""
+    name = cfg.trainer.name
+    spec = TRAINERS[name]
+    for group, supported in (("model", spec.models), ("optim", spec.optims)):
+        chosen = cfg[group].name
+        if chosen not in supported:
+            able = [t for t, s in TRAINERS.items() if chosen in getattr(s, group + "s")]
+            raise ConfigError(
+                f"{group}={chosen} is not supported by trainer={name}{spec.why}; "
+                f"trainers that support it: {', '.join(able)}"
+            )
+    if name != "lightning" and str(cfg.trainer.precision) not in FULL_PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision={cfg.trainer.precision} is only supported by trainer=lightning; "
+            f"trainer={name} computes in data.dtype (allowed: {', '.join(FULL_PRECISIONS)})"
+        )
+    if cfg.trainer.accelerator in ("gpu", "cuda"):
+        if not spec.gpu:
+            raise ConfigError(
+                f"trainer.accelerator={cfg.trainer.accelerator} is not supported by trainer={name}, "
+                "which runs on the CPU only; use trainer.accelerator=cpu"
+            )
+        if not gpu_available(name):
+            raise ConfigError(NO_GPU)
+
+
+def gpu_available(trainer: str) -> bool:
+    if trainer == "tensorflow":  # ask the framework that will run it; TF is imported by it anyway
+        from backproplab.trainers.tensorflow import gpu_available as tf_gpu
+
+        return tf_gpu()
+    import torch
+
+    return torch.cuda.is_available()

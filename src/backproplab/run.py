@@ -1,0 +1,72 @@
+"""The flow of one run: validate -> problem -> tracked training -> record. One way in, one record out."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+
+from omegaconf import DictConfig
+
+from backproplab.config import ConfigError, validate
+from backproplab.problem import make_problem
+from backproplab.tracking import Diverged, make_tracker, sweep_dir
+from backproplab.trainers import get_train
+
+log = logging.getLogger("backproplab")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C so that the run is flushed and marked KILLED."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def main(cfg: DictConfig) -> float:
+    """Train once and record it; returns the final loss (what Hydra sweepers minimize).
+
+    A failed single run exits non-zero with one line on stderr. In a multirun a failed job is recorded
+    (FAILED in MLflow) and returns NaN so that the other jobs go on; the sweep callback then reports it.
+    """
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return train(cfg)
+    except Exception as e:
+        expected = isinstance(e, (ConfigError, Diverged))
+        in_sweep = sweep_dir() is not None and cfg.get("continue_on_failure", True)
+        if not expected and not in_sweep:
+            raise  # a bug: Hydra shows it with its traceback
+        if expected:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        else:
+            log.exception("job failed (recorded as FAILED; the sweep goes on)")
+        if in_sweep:
+            return float("nan")
+        sys.exit(2 if isinstance(e, ConfigError) else 1)
+    except KeyboardInterrupt as e:
+        code = 143 if isinstance(e, Terminated) else 130
+        print(f"interrupted: run marked KILLED (exit {code})", file=sys.stderr, flush=True)
+        sys.exit(code)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def train(cfg: DictConfig) -> float:
+    validate(cfg)
+    train_fn = get_train(cfg.trainer.name)  # the trainer's own imports (torch, TF, ...) happen here
+    problem = make_problem(cfg)
+    with make_tracker(cfg) as rec:
+        t0 = time.perf_counter()
+        result = train_fn(problem, cfg, rec.on_step)
+        rec.finish(result, problem)
+    final = rec.losses[-1]
+    steps = len(rec.losses)
+    log.info(
+        "%s-%s-%s: %d steps, loss %.4g -> %.4g in %.2fs (loop %.3fs)%s",
+        cfg.trainer.name, cfg.model.name, cfg.optim.name, steps, rec.losses[0], final,
+        time.perf_counter() - t0, result.loop_s, f", mlflow run {rec.run_id}" if rec.run_id else "",
+    )
+    return final

@@ -1,0 +1,61 @@
+"""Hydra callback for multiruns: one MLflow parent run per sweep, created before any job starts.
+
+Creating the store, the experiment and the parent run in the launching process also means that
+parallel jobs (joblib, submitit) never race to create a fresh sqlite database. Jobs find their parent by
+the sweep dir tag (tracking.find_parent_run), which works in any process and on any node.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+class MlflowSweepCallback(Callback):
+    def _client(self, config: DictConfig) -> tuple[Any, str]:
+        from mlflow.tracking import MlflowClient
+
+        from backproplab.tracking import get_or_create_experiment, store_location
+
+        uri, artifact_location = store_location(config.logger)
+        client = MlflowClient(uri)
+        return client, get_or_create_experiment(client, config.logger.experiment_name, artifact_location)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.logger.name != "mlflow":
+            return
+        from backproplab.tracking import SWEEP_TAG
+
+        client, exp_id = self._client(config)
+        sweep = str(Path(config.hydra.sweep.dir).resolve())
+        overrides = " ".join(config.hydra.overrides.task)
+        run = client.create_run(
+            exp_id, run_name=f"sweep {Path(sweep).name}", tags={SWEEP_TAG: sweep, "overrides": overrides}
+        )
+        self.parent_id = run.info.run_id
+        print(f"[backproplab] MLflow parent run {self.parent_id} for sweep {sweep}", flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.logger.name != "mlflow" or not hasattr(self, "parent_id"):
+            return
+        client, exp_id = self._client(config)
+        children = client.search_runs(
+            [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}'", max_results=10000
+        )
+        for run in children:  # a job process that died without closing its run
+            if run.info.status == "RUNNING":
+                client.set_tag(run.info.run_id, "failure_reason", "the job ended without closing its run")
+                client.set_terminated(run.info.run_id, "FAILED")
+        counts: dict[str, int] = {}
+        for run in client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}'"):
+            counts[run.info.status] = counts.get(run.info.status, 0) + 1
+        failed = counts.get("FAILED", 0) + counts.get("KILLED", 0)
+        client.set_terminated(self.parent_id, "FAILED" if failed else "FINISHED")
+        summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+        print(f"[backproplab] sweep done: {summary or 'no runs'} (parent run {self.parent_id})", flush=True)
+        if failed:
+            sys.exit(1)

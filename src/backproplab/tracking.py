@@ -1,0 +1,287 @@
+"""Every MLflow call of a run lives here: the store, the parent/child relation, buffered step metrics,
+artifacts and the final status. Trainers only ever see ``recorder.on_step(step, loss)``.
+
+``__exit__`` is the one place that decides FINISHED / FAILED / KILLED.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+EXPERIMENT_TAGS = {
+    # MLflow 3's UI opens an experiment of this kind on its model-training view (runs, metric charts)
+    "mlflow.experimentKind": "custom_model_development",
+}
+SWEEP_TAG = "backproplab.sweep_dir"  # on a multirun's parent run; jobs find their parent by it
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or inf."""
+
+    def __init__(self, step: int, value: float):
+        super().__init__(f"loss diverged at step {step}: train/loss={value}")
+        self.step, self.value = step, value
+
+
+class Recorder:
+    """Collects the loss of every step; the base of both trackers (``logger=none`` is this)."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.run_id: str | None = None
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        return False
+
+    def on_step(self, step: int, loss: float) -> None:
+        loss = float(loss)
+        if not math.isfinite(loss):
+            raise Diverged(step, loss)
+        self.losses.append(loss)
+
+    def finish(self, result: Any, problem: Any) -> None:
+        """Nothing to record."""
+
+
+def mask_secrets(uri: str) -> str:
+    """``http://user:password@host`` -> ``http://user:***@host`` (also tokens in a query string)."""
+    uri = re.sub(r"//([^/:@]+):([^/@]+)@", r"//\1:***@", uri)
+    return re.sub(r"(?i)((?:token|password|secret|key)=)[^&]+", r"\1***", uri)
+
+
+def launch_dir() -> Path:
+    """The directory the user launched from (Hydra's runtime.cwd), whatever Hydra's output dir is."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.cwd)
+    return Path.cwd()
+
+
+def store_location(logger_cfg: DictConfig) -> tuple[str, str | None]:
+    """(tracking URI, artifact location for a new experiment). The default is a sqlite store in
+    ``<launch dir>/mlruns/`` with artifacts beside it, both absolute."""
+    if logger_cfg.get("tracking_uri"):
+        return str(logger_cfg.tracking_uri), None
+    root = (launch_dir() / "mlruns").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}", root.as_uri()
+
+
+def get_or_create_experiment(client: Any, name: str, artifact_location: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_TAGS)
+        except Exception:  # another process created it between our two calls
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    return exp.experiment_id
+
+
+def flatten(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as dotted params, without the instantiate nodes (``model.net``,
+    ``optim.optimizer``, ``loss.criterion``) whose values repeat the keys beside them."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            if "_target_" in node:
+                return
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    if "logger.tracking_uri" in out:
+        out["logger.tracking_uri"] = mask_secrets(out["logger.tracking_uri"])
+    return out
+
+
+def hydra_overrides() -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    return " ".join(HydraConfig.get().overrides.task)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=launch_dir(), capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def sweep_dir() -> str | None:
+    """The multirun's sweep dir when this process is a multirun job, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return str(Path(HydraConfig.get().sweep.dir).resolve())
+    return None
+
+
+def find_parent_run(client: Any, experiment_id: str, sweep: str) -> str | None:
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}'", max_results=1
+    )
+    return runs[0].info.run_id if runs else None
+
+
+class MlflowTracker(Recorder):
+    """One MLflow run: opened on enter, closed with the right status on exit."""
+
+    def __init__(self, cfg: DictConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.flush_every = int(cfg.logger.get("flush_every", 100))
+        self._pending: list[Any] = []
+        self._t0 = time.perf_counter()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> MlflowTracker:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        uri, artifact_location = store_location(self.cfg.logger)
+        mlflow.set_tracking_uri(uri)
+        self.client = MlflowClient(uri)
+        exp_id = get_or_create_experiment(self.client, self.cfg.logger.experiment_name, artifact_location)
+        c = self.cfg
+        tags = {
+            "trainer": c.trainer.name,
+            "model": c.model.name,
+            "optim": c.optim.name,
+            "loss": c.loss.name,
+            "overrides": hydra_overrides(),
+        }
+        if commit := git_commit():
+            tags["mlflow.source.git.commit"] = commit
+        parent = None
+        if sweep := sweep_dir():
+            parent = find_parent_run(self.client, exp_id, sweep)
+        self.run = mlflow.start_run(
+            experiment_id=exp_id,
+            run_name=f"{c.trainer.name}-{c.model.name}-{c.optim.name}",
+            parent_run_id=parent,
+            tags=tags,
+        )
+        self.run_id = self.run.info.run_id
+        mlflow.log_params(flatten(self.cfg))
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
+        import mlflow
+
+        try:
+            self.flush()
+        finally:
+            if exc_type is None:
+                status = "FINISHED"
+            elif issubclass(exc_type, KeyboardInterrupt):
+                status = "KILLED"
+            else:
+                status = "FAILED"
+                mlflow.set_tag("failure_reason", str(exc)[:5000] or exc_type.__name__)
+            mlflow.end_run(status=status)
+        return False
+
+    # -- per step --------------------------------------------------------------------------------
+    def on_step(self, step: int, loss: float) -> None:
+        from mlflow.entities import Metric
+
+        super().on_step(step, loss)
+        self._pending.append(Metric("train/loss", self.losses[-1], int(time.time() * 1000), step))
+        if len(self._pending) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """One database write for all buffered steps (MLflow allows 1000 metrics per batch)."""
+        while self._pending:
+            batch, self._pending = self._pending[:1000], self._pending[1000:]
+            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+
+    # -- at the end ------------------------------------------------------------------------------
+    def finish(self, result: Any, problem: Any) -> None:
+        import mlflow
+
+        self.flush()
+        steps = len(self.losses)
+        mlflow.log_metrics(
+            {
+                "final_loss": self.losses[-1],
+                "time/total_s": time.perf_counter() - self._t0,
+                "time/loop_s": result.loop_s,
+                "time/step_ms": 1000 * result.loop_s / max(steps, 1),
+                "throughput/samples_per_s": problem.x.shape[0] * steps / max(result.loop_s, 1e-12),
+            }
+        )
+        mlflow.log_text(OmegaConf.to_yaml(self.cfg, resolve=True), "config.yaml")
+        if problem.repeats is not None:
+            mlflow.log_text(json.dumps(problem.repeats.tolist()), "repeat_schedule.json")
+        mlflow.log_figure(loss_curve(self.losses, self.cfg), "loss_curve.png")
+        self.log_weights(result)
+
+    def log_weights(self, result: Any) -> None:
+        import mlflow
+
+        if result.model is not None:  # a torch module
+            import mlflow.pytorch
+            import torch
+
+            # pickle format: the default (pt2) traces one path through forward(), which is wrong for
+            # the dynamic net's Python control flow. Explicit requirements: inference costs seconds.
+            mlflow.pytorch.log_model(
+                result.model.cpu(),
+                name="model",
+                serialization_format="pickle",
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
+        else:  # numpy / TensorFlow: the arrays themselves
+            import numpy as np
+
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "weights.npz")
+                np.savez(path, **result.weights)
+                mlflow.log_artifact(path)
+
+
+def loss_curve(losses: list[float], cfg: DictConfig) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(range(len(losses)), losses)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("train/loss")
+    ax.set_title(f"{cfg.trainer.name} · {cfg.model.name} · {cfg.optim.name} (lr={cfg.optim.lr})")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def make_tracker(cfg: DictConfig) -> Recorder:
+    return MlflowTracker(cfg) if cfg.logger.name == "mlflow" else Recorder()

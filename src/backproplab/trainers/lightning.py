@@ -1,0 +1,107 @@
+"""The Lightning trainer: any model + loss + optimizer from the config, in one LightningModule.
+
+Full batch, as in the tutorial: one training step is one pass over all N samples. The data live in the
+module as buffers (moved to the device once); the "dataloader" only counts the steps.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from backproplab.models import DynamicNet, export_weights, load_weights
+from backproplab.problem import Problem
+from backproplab.trainers import OnStep, Result
+
+
+class TutorialModule(L.LightningModule):
+    """One shared step for every model: y_pred = net(x); loss = criterion(y_pred, y)."""
+
+    def __init__(self, net: torch.nn.Module, criterion: torch.nn.Module, optimizer: Any, problem: Problem):
+        super().__init__()
+        self.net, self.criterion, self.optimizer = net, criterion, optimizer
+        self.register_buffer("x", torch.from_numpy(problem.x), persistent=False)
+        self.register_buffer("y", torch.from_numpy(problem.y), persistent=False)
+        self.repeats = problem.repeats
+
+    def forward(self, x: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        if isinstance(self.net, DynamicNet):
+            return self.net(x, repeats=None if step is None else int(self.repeats[step]))
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        y_pred = self(self.x, self.global_step)
+        loss = self.criterion(y_pred, self.y)
+        self.log("train/loss", loss, prog_bar=True, logger=False)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer(self.parameters())
+
+
+class StepReporter(L.Callback):
+    """Hands each step's loss to the run's recorder, the same way every other trainer does;
+    keeps the first step's gradients for the equivalence check."""
+
+    def __init__(self, on_step: OnStep):
+        self.on_step = on_step
+        self.grads0: dict[str, np.ndarray] = {}
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule, optimizer: Any) -> None:
+        if trainer.global_step == 0:
+            self.grads0 = _grads(module.net)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, *_: Any) -> None:
+        self.on_step(trainer.global_step - 1, outputs["loss"].item())
+
+
+def _grads(net: torch.nn.Module) -> dict[str, np.ndarray]:
+    # export_weights reads .weight/.bias; read their .grad the same way by swapping them in
+    params = {name: p.grad for name, p in net.named_parameters()}
+    clone = {name: p.detach().clone() for name, p in net.named_parameters()}
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.copy_(params[name])
+        grads = export_weights(net)
+        for name, p in net.named_parameters():
+            p.copy_(clone[name])
+    return grads
+
+
+def progress_bar(setting: Any) -> bool:
+    return sys.stdout.isatty() if str(setting) == "auto" else bool(setting)
+
+
+def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
+    torch.manual_seed(cfg.seed)
+    dtype = torch.float64 if problem.dtype == np.float64 else torch.float32
+    net = load_weights(instantiate(cfg.model.net).to(dtype), problem.weights)
+    module = TutorialModule(net, instantiate(cfg.loss.criterion), instantiate(cfg.optim.optimizer), problem)
+    reporter = StepReporter(on_step)
+    t = cfg.trainer
+    trainer = L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        precision=t.precision,
+        strategy=t.get("strategy", "auto"),
+        num_nodes=t.get("num_nodes", 1),
+        max_steps=t.max_steps,
+        max_epochs=-1,
+        log_every_n_steps=t.log_every_n_steps,
+        logger=False,  # the run's record is written by backproplab.tracking, like every other trainer's
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress_bar(t.get("progress_bar", "auto")),
+        callbacks=[reporter],
+    )
+    start = time.perf_counter()
+    trainer.fit(module, train_dataloaders=range(t.max_steps))
+    loop_s = time.perf_counter() - start
+    return Result(weights=export_weights(net), loop_s=loop_s, model=net, grads0=reporter.grads0)
