@@ -7,6 +7,7 @@ artifacts and the final status. Trainers only ever see ``recorder.on_step(step, 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -250,7 +251,9 @@ class MlflowTracker(Recorder):
             import torch
 
             # pickle format: the default (pt2) traces one path through forward(), which is wrong for
-            # the dynamic net's Python control flow. Explicit requirements: inference costs seconds.
+            # the dynamic net's Python control flow (MLflow warns about pickle; we chose it knowingly).
+            # Explicit requirements: MLflow's inference of them costs seconds per run.
+            logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
             mlflow.pytorch.log_model(
                 result.model.cpu(),
                 name="model",

@@ -6,8 +6,10 @@ module as buffers (moved to the device once); the "dataloader" only counts the s
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
+import warnings
 from typing import Any
 
 import lightning as L
@@ -19,6 +21,10 @@ from omegaconf import DictConfig
 from backproplab.models import DynamicNet, export_weights, load_weights
 from backproplab.problem import Problem
 from backproplab.trainers import OnStep, Result
+
+# Lightning's start-up banners (GPU/TPU available, tips) add nothing to a run's log.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 
 class TutorialModule(L.LightningModule):

@@ -1,0 +1,35 @@
+# `make train` / `make test` set everything up on a fresh machine: a .venv with the project installed.
+# Pass Hydra overrides with ARGS, pytest options with PYTEST_ARGS:
+#   make train ARGS="model=dynamic optim=sgd_momentum"      make test PYTEST_ARGS="-k pipeline"
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: train test lint ui verify bench
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) scripts/train.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests scripts
+
+verify: $(STAMP)
+	$(PY) scripts/verify.py $(ARGS)
+
+bench: $(STAMP)
+	$(PY) scripts/bench.py $(ARGS)
+
+# The MLflow UI on this checkout's store (the one scripts/train.py writes by default).
+ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlruns --host 127.0.0.1 --port 5000
