@@ -7,6 +7,7 @@ errors (an unknown group option, an unknown key) come earlier and keep their own
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from omegaconf import DictConfig
@@ -71,6 +72,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.devices={devices!r} is invalid: expected an integer >= 1 or auto")
     if cfg.logger.name == "mlflow":
         _int(cfg, "logger.flush_every", 1)
+    if "checkpoint_every" in cfg.trainer:
+        _int(cfg, "trainer.checkpoint_every", 0)
+    if cfg.get("ckpt_path"):
+        if cfg.trainer.name != "lightning":
+            raise ConfigError(f"ckpt_path is only supported by trainer=lightning (got trainer={cfg.trainer.name})")
+        if not os.path.isfile(str(cfg.ckpt_path)):
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path} is not a file")
     check_support(cfg)
 
 

@@ -1,4 +1,4 @@
-"""The flow of one run: validate -> problem -> tracked training -> record. One way in, one record out."""
+"""The flow of one run: validate -> open the record -> problem -> train -> record. One way in, one out."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import signal
 import sys
 import time
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from backproplab.config import ConfigError, validate
 from backproplab.problem import make_problem
-from backproplab.tracking import Diverged, make_tracker, sweep_dir
+from backproplab.tracking import Diverged, TrackingError, make_tracker, sweep_dir
 from backproplab.trainers import get_train
 
 log = logging.getLogger("backproplab")
+EXPECTED = (ConfigError, Diverged, TrackingError)  # one line for the user, no traceback
 
 
 class Terminated(KeyboardInterrupt):
@@ -35,11 +36,10 @@ def main(cfg: DictConfig) -> float:
     try:
         return train(cfg)
     except Exception as e:
-        expected = isinstance(e, (ConfigError, Diverged))
         in_sweep = sweep_dir() is not None and cfg.get("continue_on_failure", True)
-        if not expected and not in_sweep:
+        if not isinstance(e, EXPECTED) and not in_sweep:
             raise  # a bug: Hydra shows it with its traceback
-        if expected:
+        if isinstance(e, EXPECTED):
             print(f"error: {e}", file=sys.stderr, flush=True)
         else:
             log.exception("job failed (recorded as FAILED; the sweep goes on)")
@@ -48,25 +48,43 @@ def main(cfg: DictConfig) -> float:
         sys.exit(2 if isinstance(e, ConfigError) else 1)
     except KeyboardInterrupt as e:
         code = 143 if isinstance(e, Terminated) else 130
-        print(f"interrupted: run marked KILLED (exit {code})", file=sys.stderr, flush=True)
+        print(f"interrupted: metrics so far are recorded, run marked KILLED (exit {code})", file=sys.stderr)
         sys.exit(code)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
 def train(cfg: DictConfig) -> float:
+    if cfg.get("rerun"):
+        from backproplab.rerun import rerun_config
+
+        cfg = rerun_config(cfg)
     validate(cfg)
-    train_fn = get_train(cfg.trainer.name)  # the trainer's own imports (torch, TF, ...) happen here
-    problem = make_problem(cfg)
-    with make_tracker(cfg) as rec:
+    with open_dict(cfg):
+        cfg.trainer.checkpoint_dir = checkpoint_dir(cfg)
+    with make_tracker(cfg) as rec:  # opened before the heavy imports: a bad store fails in seconds
+        train_fn = get_train(cfg.trainer.name)  # the trainer's own imports (torch, TF, ...) happen here
+        problem = make_problem(cfg)
         t0 = time.perf_counter()
         result = train_fn(problem, cfg, rec.on_step)
         rec.finish(result, problem)
     final = rec.losses[-1]
-    steps = len(rec.losses)
     log.info(
         "%s-%s-%s: %d steps, loss %.4g -> %.4g in %.2fs (loop %.3fs)%s",
-        cfg.trainer.name, cfg.model.name, cfg.optim.name, steps, rec.losses[0], final,
+        cfg.trainer.name, cfg.model.name, cfg.optim.name, len(rec.losses), rec.losses[0], final,
         time.perf_counter() - t0, result.loop_s, f", mlflow run {rec.run_id}" if rec.run_id else "",
     )
     return final
+
+
+def checkpoint_dir(cfg: DictConfig) -> str | None:
+    """Lightning checkpoints go to <Hydra output dir>/checkpoints unless trainer.checkpoint_dir says."""
+    if cfg.trainer.name != "lightning" or not cfg.trainer.get("checkpoint_every"):
+        return cfg.trainer.get("checkpoint_dir")
+    if cfg.trainer.get("checkpoint_dir"):
+        return str(cfg.trainer.checkpoint_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return f"{HydraConfig.get().runtime.output_dir}/checkpoints"
+    return None  # compose-API callers (verify, bench): no checkpoints unless asked for

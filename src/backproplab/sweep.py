@@ -17,13 +17,9 @@ from omegaconf import DictConfig
 
 class MlflowSweepCallback(Callback):
     def _client(self, config: DictConfig) -> tuple[Any, str]:
-        from mlflow.tracking import MlflowClient
+        from backproplab.tracking import open_store
 
-        from backproplab.tracking import get_or_create_experiment, store_location
-
-        uri, artifact_location = store_location(config.logger)
-        client = MlflowClient(uri)
-        return client, get_or_create_experiment(client, config.logger.experiment_name, artifact_location)
+        return open_store(config.logger)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.logger.name != "mlflow":

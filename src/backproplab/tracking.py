@@ -6,6 +6,7 @@ artifacts and the final status. Trainers only ever see ``recorder.on_step(step, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -14,6 +15,7 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,10 @@ class Diverged(RuntimeError):
     def __init__(self, step: int, value: float):
         super().__init__(f"loss diverged at step {step}: train/loss={value}")
         self.step, self.value = step, value
+
+
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be used; raised before any training starts."""
 
 
 class Recorder:
@@ -82,6 +88,66 @@ def store_location(logger_cfg: DictConfig) -> tuple[str, str | None]:
     return f"sqlite:///{root / 'mlflow.db'}", root.as_uri()
 
 
+def open_store(logger_cfg: DictConfig) -> tuple[Any, str]:
+    """(MlflowClient, experiment id), or one clear TrackingError: an unwritable directory, a file that is
+    not a sqlite database, a locked database or an unreachable server must stop a run before it trains,
+    not after an hour of training with nowhere to write."""
+    from mlflow.tracking import MlflowClient
+
+    uri = str(logger_cfg.get("tracking_uri") or "")
+    try:
+        uri, artifact_location = store_location(logger_cfg)
+        if uri.startswith(("http://", "https://")):
+            _probe(uri)
+        with _creation_lock(uri):
+            client = MlflowClient(uri)
+            exp_id = get_or_create_experiment(client, logger_cfg.experiment_name, artifact_location)
+    except Exception as e:  # MLflow raises many types here; all mean the same thing to the user
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrackingError(
+            f"logger.tracking_uri={mask_secrets(uri) or '(default)'}: cannot open the MLflow store: {reason[:300]}"
+            " (fix the path/server, or run with logger=none)"
+        ) from None
+    return client, exp_id
+
+
+def _probe(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not after MLflow's minutes of HTTP retries, when nothing listens."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    with socket.create_connection((parts.hostname, port), timeout=timeout):
+        pass
+
+
+@contextlib.contextmanager
+def _creation_lock(uri: str) -> Iterator[None]:
+    """Serialize the first opening of a sqlite store across processes: MLflow creates the schema on first
+    use, and several processes doing that at once crash on migration races."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    if db.exists() and db.stat().st_size > 0 and not _is_sqlite(db):
+        raise TrackingError(f"{db} exists but is not a sqlite database")
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / ".mlflow.db.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _is_sqlite(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(16) == b"SQLite format 3\x00"
+
+
 def get_or_create_experiment(client: Any, name: str, artifact_location: str | None) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
@@ -114,12 +180,20 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
+def resolved_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML, with any secret in the tracking URI masked."""
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    if resolved.get("logger", {}).get("tracking_uri"):
+        resolved.logger.tracking_uri = mask_secrets(resolved.logger.tracking_uri)
+    return OmegaConf.to_yaml(resolved)
+
+
 def hydra_overrides() -> str:
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return ""
-    return " ".join(HydraConfig.get().overrides.task)
+    return mask_secrets(" ".join(HydraConfig.get().overrides.task))
 
 
 def git_commit() -> str | None:
@@ -162,12 +236,9 @@ class MlflowTracker(Recorder):
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> MlflowTracker:
         import mlflow
-        from mlflow.tracking import MlflowClient
 
-        uri, artifact_location = store_location(self.cfg.logger)
-        mlflow.set_tracking_uri(uri)
-        self.client = MlflowClient(uri)
-        exp_id = get_or_create_experiment(self.client, self.cfg.logger.experiment_name, artifact_location)
+        self.client, exp_id = open_store(self.cfg.logger)
+        mlflow.set_tracking_uri(self.client.tracking_uri)
         c = self.cfg
         tags = {
             "trainer": c.trainer.name,
@@ -196,6 +267,9 @@ class MlflowTracker(Recorder):
 
         try:
             self.flush()
+            ckpts = self.cfg.trainer.get("checkpoint_dir")
+            if ckpts and Path(ckpts).is_dir() and any(Path(ckpts).iterdir()):
+                mlflow.log_artifacts(ckpts, "checkpoints")  # also after a failure: they allow a resume
         finally:
             if exc_type is None:
                 status = "FINISHED"
@@ -219,8 +293,9 @@ class MlflowTracker(Recorder):
     def flush(self) -> None:
         """One database write for all buffered steps (MLflow allows 1000 metrics per batch)."""
         while self._pending:
-            batch, self._pending = self._pending[:1000], self._pending[1000:]
-            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+            batch = self._pending[:1000]
+            _retry_locked(self.client.log_batch, self.run_id, metrics=batch, synchronous=True)
+            del self._pending[: len(batch)]
 
     # -- at the end ------------------------------------------------------------------------------
     def finish(self, result: Any, problem: Any) -> None:
@@ -237,7 +312,7 @@ class MlflowTracker(Recorder):
                 "throughput/samples_per_s": problem.x.shape[0] * steps / max(result.loop_s, 1e-12),
             }
         )
-        mlflow.log_text(OmegaConf.to_yaml(self.cfg, resolve=True), "config.yaml")
+        mlflow.log_text(resolved_yaml(self.cfg), "config.yaml")
         if problem.repeats is not None:
             mlflow.log_text(json.dumps(problem.repeats.tolist()), "repeat_schedule.json")
         mlflow.log_figure(loss_curve(self.losses, self.cfg), "loss_curve.png")
@@ -267,6 +342,18 @@ class MlflowTracker(Recorder):
                 path = os.path.join(d, "weights.npz")
                 np.savez(path, **result.weights)
                 mlflow.log_artifact(path)
+
+
+def _retry_locked(write: Any, *args: Any, attempts: int = 6, **kwargs: Any) -> None:
+    """sqlite allows one writer at a time; under parallel sweep jobs a write can time out on the lock.
+    Back off and retry rather than lose the steps."""
+    for i in range(attempts):
+        try:
+            return write(*args, **kwargs)
+        except Exception as e:
+            if "database is locked" not in str(e) or i == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**i)
 
 
 def loss_curve(losses: list[float], cfg: DictConfig) -> Any:

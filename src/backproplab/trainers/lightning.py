@@ -23,7 +23,8 @@ from backproplab.problem import Problem
 from backproplab.trainers import OnStep, Result
 
 # Lightning's start-up banners (GPU/TPU available, tips) add nothing to a run's log.
-logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.trainer.connectors.checkpoint_connector"):
+    logging.getLogger(name).setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 
@@ -59,6 +60,7 @@ class StepReporter(L.Callback):
     def __init__(self, on_step: OnStep):
         self.on_step = on_step
         self.grads0: dict[str, np.ndarray] = {}
+        self.exception: BaseException | None = None
 
     def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule, optimizer: Any) -> None:
         if trainer.global_step == 0:
@@ -66,6 +68,9 @@ class StepReporter(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, *_: Any) -> None:
         self.on_step(trainer.global_step - 1, outputs["loss"].item())
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        self.exception = exception
 
 
 def _grads(net: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -92,6 +97,13 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
     module = TutorialModule(net, instantiate(cfg.loss.criterion), instantiate(cfg.optim.optimizer), problem)
     reporter = StepReporter(on_step)
     t = cfg.trainer
+    callbacks: list[L.Callback] = [reporter]
+    if t.get("checkpoint_dir") and t.get("checkpoint_every"):
+        callbacks.append(
+            L.pytorch.callbacks.ModelCheckpoint(
+                dirpath=t.checkpoint_dir, filename="{step}", every_n_train_steps=t.checkpoint_every, save_top_k=-1
+            )
+        )
     trainer = L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -102,12 +114,21 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
         max_epochs=-1,
         log_every_n_steps=t.log_every_n_steps,
         logger=False,  # the run's record is written by backproplab.tracking, like every other trainer's
-        enable_checkpointing=False,
+        enable_checkpointing=len(callbacks) > 1,
         enable_model_summary=False,
         enable_progress_bar=progress_bar(t.get("progress_bar", "auto")),
-        callbacks=[reporter],
+        callbacks=callbacks,
     )
     start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=range(t.max_steps))
+    try:
+        trainer.fit(module, train_dataloaders=range(t.max_steps), ckpt_path=cfg.get("ckpt_path"))
+    except SystemExit:
+        # Lightning turns Ctrl-C into sys.exit(1) after its graceful shutdown; hand the interrupt on so
+        # that the run is recorded as KILLED, not FAILED.
+        if isinstance(reporter.exception, KeyboardInterrupt):
+            raise reporter.exception from None
+        raise
     loop_s = time.perf_counter() - start
+    if len(callbacks) > 1:
+        trainer.save_checkpoint(f"{t.checkpoint_dir}/last.ckpt")
     return Result(weights=export_weights(net), loop_s=loop_s, model=net, grads0=reporter.grads0)

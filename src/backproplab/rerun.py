@@ -1,0 +1,42 @@
+"""``python scripts/train.py +rerun=<run_id> [key=value ...]``: the exact resolved config of a recorded
+run (its config.yaml artifact), with this command's key overrides applied on top."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from omegaconf import DictConfig, OmegaConf
+
+from backproplab.config import ConfigError
+from backproplab.tracking import open_store
+
+
+def rerun_config(cfg: DictConfig) -> DictConfig:
+    from hydra.core.hydra_config import HydraConfig
+
+    run_id = str(cfg.rerun)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    client, _ = open_store(cfg.logger)  # the run is looked up where this command records
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            original = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", d))
+    except Exception as e:
+        raise ConfigError(f"rerun={run_id}: no such run with a config.yaml artifact in this store ({e})") from None
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    dotlist = []
+    for item in overrides:
+        key, _, value = item.lstrip("+~").partition("=")
+        if key == "rerun" or key.startswith("logger"):
+            continue
+        if key not in original or isinstance(OmegaConf.select(original, key), DictConfig):
+            if "." not in key:
+                raise ConfigError(
+                    f"{item}: a rerun takes key overrides (e.g. optim.lr=1e-3), not config groups or new keys"
+                )
+        dotlist.append(f"{key}={value}")
+    merged = OmegaConf.merge(original, OmegaConf.from_dotlist(dotlist))
+    merged.logger = cfg.logger  # record where this command records, not where the original did
+    merged.trainer.checkpoint_dir = None
+    merged.rerun = run_id
+    return merged
