@@ -1,0 +1,376 @@
+"""The comparison report of a sweep, read back from MLflow: one figure with every child run's loss curve, a
+table (Markdown and CSV) of run, trainer, model, optim, lr, final loss, steps/s and status, all three logged
+as artifacts of the parent run under ``report/``.
+
+    python scripts/report.py                      # the latest sweep in ./mlruns/mlflow.db
+    python scripts/report.py --parent <run id> --out reports/mine
+
+The sweep callback calls :func:`make_report` after a multirun; :func:`main` is the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOSS_KEY = "train/loss"
+PARENT_TAG = "mlflow.parentRunId"
+ARTIFACT_PATH = "report"
+# label order: the config groups a user sweeps most, then every other differing key alphabetically
+GROUP_ORDER = ("trainer", "model", "optim", "loss", "data")
+# where a run was logged is not what it trained: never a label
+IGNORED_PREFIXES = ("logger.",)
+COLUMNS = ("run", "trainer", "model", "optim", "lr", "final_loss", "steps_per_s", "status")
+DASHES = ("-", "--", "-.", ":")
+HEADERS = {"final_loss": "final loss", "steps_per_s": "steps/s", "failure_reason": "failure reason"}
+
+
+class ReportError(Exception):
+    """A user-facing problem (no store, no experiment, no sweep, unknown run): one line, no traceback."""
+
+
+@dataclass
+class ReportResult:
+    """What :func:`make_report` wrote: the three files, the table rows and how many curves the figure has."""
+
+    parent_run_id: str
+    out_dir: Path
+    png: Path
+    markdown: Path
+    csv: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    curves: int = 0
+
+
+# -- reading MLflow ------------------------------------------------------------------------------------------
+def _search_all(client: Any, experiment_ids: list[str], filter_string: str, order_by: list[str]) -> list[Any]:
+    """Every matching run, page by page (one page is capped by the store)."""
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            experiment_ids, filter_string=filter_string, max_results=1000, order_by=order_by, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _latest_parent(client: Any, experiment_id: str) -> str | None:
+    """The most recently started run that has children (a sweep's parent, whoever created it)."""
+    children = _search_all(client, [experiment_id], f"tags.`{PARENT_TAG}` LIKE '%'", [])
+    parent_ids = sorted({r.data.tags[PARENT_TAG] for r in children})
+    best: Any = None
+    for i in range(0, len(parent_ids), 100):  # chunks keep the IN list well under sqlite's variable limit
+        ids = ", ".join(f"'{p}'" for p in parent_ids[i : i + 100])
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"attributes.run_id IN ({ids})",
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
+        if page and (best is None or page[0].info.start_time > best.info.start_time):
+            best = page[0]
+    return best.info.run_id if best else None
+
+
+def _get_run(client: Any, run_id: str, uri: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise ReportError(f"no run with id {run_id!r} in {_masked(uri)}") from None
+        raise
+
+
+def _history(client: Any, run_id: str) -> tuple[list[int], list[float]]:
+    """The full train/loss history ordered by step (the later write wins if a step was logged twice)."""
+    points = sorted(client.get_metric_history(run_id, LOSS_KEY), key=lambda m: (m.step, m.timestamp))
+    by_step = {m.step: m.value for m in points}
+    return list(by_step), list(by_step.values())
+
+
+def _masked(uri: str) -> str:
+    from backproplab.tracking import mask_secrets
+
+    return mask_secrets(uri)
+
+
+def _check_store(uri: str) -> None:
+    """Opening a sqlite URI creates the database: a report must not leave an empty store behind a typo."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_absolute():  # sqlite:///rel.db is relative to the cwd, sqlite:////abs.db absolute
+            path = Path.cwd() / path
+        if not path.exists():
+            raise ReportError(f"no MLflow store at {path} (run a sweep first, or pass --tracking-uri)")
+
+
+# -- labels and rows -----------------------------------------------------------------------------------------
+def _determined_by(params: Sequence[dict[str, str]], key: str, by: str) -> bool:
+    """True when every run with the same value of ``by`` has the same value of ``key``."""
+    seen: dict[str | None, str | None] = {}
+    for p in params:
+        if seen.setdefault(p.get(by), p.get(key)) != p.get(key):
+            return False
+    return True
+
+
+def differing_labels(params: Sequence[dict[str, str]]) -> list[str]:
+    """One label per run from the params whose values differ across the runs, e.g. ``model=dynamic optim=adam``.
+
+    A group's choice shows as ``group=name``; keys that merely follow from that choice (``optim.momentum`` is
+    set for sgd, absent for adam) are left out, while a key swept within a group (``optim.lr``) stays.
+    """
+    keys = sorted(set().union(*params)) if params else []
+    differ = [k for k in keys if not k.startswith(IGNORED_PREFIXES) and len({p.get(k) for p in params}) > 1]
+    shown: list[str] = []
+    for k in differ:
+        group, _, leaf = k.partition(".")
+        if leaf != "name" and f"{group}.name" in differ and _determined_by(params, k, f"{group}.name"):
+            continue
+        shown.append(k)
+
+    def order(k: str) -> tuple[int, str]:
+        group = k.partition(".")[0]
+        return (GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER), k)
+
+    shown.sort(key=order)
+
+    def part(p: dict[str, str], k: str) -> str:
+        group, _, leaf = k.partition(".")
+        value = p.get(k, "unset")
+        return f"{group}={value}" if leaf == "name" else f"{k}={value}"
+
+    return [" ".join(part(p, k) for k in shown) for p in params]
+
+
+def _float(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _steps_per_s(run: Any) -> float | None:
+    metrics, params = run.data.metrics, run.data.params
+    step_ms = _float(metrics.get("time/step_ms"))
+    if step_ms:
+        return 1000.0 / step_ms
+    loop_s, max_steps = _float(metrics.get("time/loop_s")), _float(params.get("trainer.max_steps"))
+    if loop_s and max_steps:
+        return max_steps / loop_s
+    return None
+
+
+def _row(run: Any, losses: list[float]) -> dict[str, Any]:
+    p, tags = run.data.params, run.data.tags
+    final = losses[-1] if losses else _float(run.data.metrics.get("final_loss"))
+    return {
+        "run": f"{run.info.run_name} ({run.info.run_id[:8]})",
+        "trainer": p.get("trainer.name", tags.get("trainer", "")),
+        "model": p.get("model.name", tags.get("model", "")),
+        "optim": p.get("optim.name", tags.get("optim", "")),
+        "lr": p.get("optim.lr", ""),
+        "final_loss": final,
+        "steps_per_s": _steps_per_s(run),
+        "status": run.info.status,
+        "failure_reason": tags.get("failure_reason"),
+        "run_id": run.info.run_id,
+    }
+
+
+# -- writing -------------------------------------------------------------------------------------------------
+def _plot(curves: Iterable[tuple[str, list[int], list[float], bool]], title: str, path: Path) -> int:
+    """Draw every curve on one log-scale axis and save a PNG; returns the number of lines drawn."""
+    # the object API on an explicit Agg canvas: no pyplot, no global backend switch inside a Hydra callback
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    curves = list(curves)
+    fig = Figure(figsize=(10, 5.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for i, (label, steps, values, failed) in enumerate(curves):
+        # a dash pattern per curve as well as a colour: runs with equal losses (sequential vs custom) overlap
+        (line,) = ax.plot(steps, values, label=label + (" [failed]" if failed else ""), linestyle=DASHES[i % 4])
+        if failed:  # where it stopped
+            ax.plot(steps[-1:], values[-1:], marker="x", markersize=9, color=line.get_color())
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("step")
+    ax.set_ylabel(LOSS_KEY)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    n = sum(1 for line in ax.get_lines() if not line.get_label().startswith("_"))  # curves, not the x marks
+    if n:
+        fig.legend(loc="outside right upper", fontsize="small", ncols=max(1, math.ceil(n / 30)))
+    fig.savefig(path, dpi=120)
+    return n
+
+
+def _cell(value: Any, digits: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return format(value, digits)
+    # a table cell is one line; a pipe would open a new column
+    return str(value).replace("\n", " ").replace("|", "\\|")
+
+
+def _markdown(rows: list[dict[str, Any]], title: str, summary: str, png_name: str) -> str:
+    cols = list(COLUMNS) + (["failure_reason"] if any(r["failure_reason"] for r in rows) else [])
+    numeric = {"final_loss": ".4g", "steps_per_s": ".1f"}
+    lines = [f"# {title}", "", summary, "", f"![loss curves]({png_name})", ""]
+    lines.append("| " + " | ".join(HEADERS.get(c, c) for c in cols) + " |")
+    lines.append("|" + "|".join("---:" if c in numeric else "---" for c in cols) + "|")
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r[c]
+            if c == "failure_reason" and v and len(v) > 120:
+                v = v[:117] + "..."
+            cells.append(_cell(v, numeric.get(c, "")))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    # a fixed schema for scripts: failure_reason and the full run_id are always there
+    fields = [*COLUMNS, "failure_reason", "run_id"]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r[k] is None else repr(r[k]) if isinstance(r[k], float) else r[k]) for k in fields})
+
+
+# -- the report ----------------------------------------------------------------------------------------------
+def _resolve(tracking_uri: str, experiment: str, parent_run_id: str | None) -> tuple[Any, Any]:
+    """(client, parent run): the given run, or the latest sweep of ``experiment``; ReportError if none."""
+    from mlflow.tracking import MlflowClient
+
+    _check_store(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ReportError(f"no experiment named {experiment!r} in {_masked(tracking_uri)}")
+    if parent_run_id is None:
+        parent_run_id = _latest_parent(client, exp.experiment_id)
+        if parent_run_id is None:
+            raise ReportError(f"no sweep found in experiment {experiment!r} (no run there has child runs)")
+    return client, _get_run(client, parent_run_id, tracking_uri)
+
+
+def resolve_parent(tracking_uri: str, experiment: str, parent_run_id: str | None) -> str:
+    """The sweep a report is about: ``parent_run_id`` checked to exist, or the latest sweep's parent run id."""
+    return _resolve(tracking_uri, experiment, parent_run_id)[1].info.run_id
+
+
+def make_report(
+    tracking_uri: str, experiment: str, parent_run_id: str | None, out_dir: Path, log_artifacts: bool = True
+) -> ReportResult:
+    """Read a sweep's child runs back from MLflow, write ``loss_curves.png``, ``report.md`` and ``report.csv``
+    into ``out_dir`` and log them to the parent run under ``report/``.
+
+    ``parent_run_id=None`` takes the latest sweep: the most recently started run of ``experiment`` that has
+    child runs. Raises :class:`ReportError` for a missing store, experiment, sweep or run.
+    """
+    client, parent = _resolve(tracking_uri, experiment, parent_run_id)
+    parent_run_id = parent.info.run_id
+    # the parent's own experiment: an explicit --parent is enough to find its children
+    children = _search_all(
+        client,
+        [parent.info.experiment_id],
+        f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+        ["attributes.start_time ASC"],
+    )
+    if not children:
+        raise ReportError(f"run {parent_run_id} ({parent.info.run_name}) has no child runs: not a sweep")
+
+    histories = [_history(client, r.info.run_id) for r in children]
+    rows = [_row(r, losses) for r, (_, losses) in zip(children, histories, strict=True)]
+    labels = differing_labels([r.data.params for r in children])
+    labels = [lab or r.info.run_name for lab, r in zip(labels, children, strict=True)]
+    if len(set(labels)) < len(labels):  # identical configs (reruns): the short id tells them apart
+        labels = [f"{lab} ({r.info.run_id[:8]})" for lab, r in zip(labels, children, strict=True)]
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, md, csv_path = out_dir / "loss_curves.png", out_dir / "report.md", out_dir / "report.csv"
+    title = f"{experiment}: {parent.info.run_name} ({len(children)} runs)"
+    curves = _plot(
+        (
+            (lab, steps, losses, r.info.status != "FINISHED")
+            for lab, (steps, losses), r in zip(labels, histories, children, strict=True)
+            if losses
+        ),
+        title,
+        png,
+    )
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    summary = f"experiment `{experiment}` · parent run `{parent_run_id}` · " + ", ".join(
+        f"{n} {s.lower()}" for s, n in sorted(counts.items())
+    )
+    done = [r for r in rows if r["final_loss"] is not None and r["status"] == "FINISHED"]
+    if done:
+        best = min(done, key=lambda r: r["final_loss"])
+        summary += f" · best: {best['run']}, final loss {best['final_loss']:.4g}"
+    md.write_text(_markdown(rows, f"Sweep report: {parent.info.run_name}", summary, png.name))
+    _write_csv(rows, csv_path)
+    if log_artifacts:
+        for path in (png, md, csv_path):
+            client.log_artifact(parent_run_id, str(path), ARTIFACT_PATH)
+    return ReportResult(parent_run_id, out_dir, png, md, csv_path, rows, curves)
+
+
+def _default_uri() -> str:
+    """The pipeline's own default store (``<launch dir>/mlruns/mlflow.db``), without creating it."""
+    from omegaconf import OmegaConf
+
+    from backproplab.tracking import launch_dir, store_location
+
+    db = (launch_dir() / "mlruns" / "mlflow.db").resolve()
+    if not db.exists():  # store_location would create the folder; a report only reads
+        raise ReportError(f"no MLflow store at {db} (run a sweep first, or pass --tracking-uri)")
+    return store_location(OmegaConf.create({"tracking_uri": None}))[0]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python scripts/report.py [--experiment E] [--parent ID|latest] [--tracking-uri URI] [--out DIR]``."""
+    ap = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--experiment", default="backproplab", help="MLflow experiment name (default: %(default)s)")
+    ap.add_argument("--parent", default="latest", help="parent run id of the sweep, or 'latest' (default)")
+    ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlruns/mlflow.db)")
+    ap.add_argument("--out", type=Path, help="output folder (default: ./reports/<parent run id>/)")
+    ap.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
+    args = ap.parse_args(argv)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        uri = args.tracking_uri or _default_uri()
+        parent = resolve_parent(uri, args.experiment, None if args.parent == "latest" else args.parent)
+        out = args.out or Path("reports") / parent
+        result = make_report(uri, args.experiment, parent, out, log_artifacts=not args.no_log)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except MlflowException as e:  # e.g. a server that does not answer: its message, not a traceback
+        print(f"error: MLflow: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 1
+    where = "" if args.no_log else f", logged to run {result.parent_run_id} under {ARTIFACT_PATH}/"
+    print(f"report: {len(result.rows)} runs, {result.curves} curves -> {result.markdown}{where}")
+    return 0
