@@ -40,6 +40,16 @@ class TrainerSpec:
 HAND_OPTIMS = ("sgd",)
 TRAINERS: dict[str, TrainerSpec] = {
     "lightning": TrainerSpec("backproplab.trainers.lightning"),
+    "numpy": TrainerSpec("backproplab.trainers.numpy", optims=HAND_OPTIMS, gpu=False),
+    "tensor": TrainerSpec("backproplab.trainers.tensor", optims=HAND_OPTIMS),
+    "autograd": TrainerSpec("backproplab.trainers.autograd", optims=HAND_OPTIMS),
+    "function": TrainerSpec("backproplab.trainers.function", optims=HAND_OPTIMS),
+    "tensorflow": TrainerSpec(
+        "backproplab.trainers.tensorflow",
+        models=("sequential", "custom"),
+        optims=HAND_OPTIMS,
+        why=" (a static graph has no per-step Python control flow)",
+    ),
 }
 
 

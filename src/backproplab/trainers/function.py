@@ -1,0 +1,19 @@
+"""Defining new autograd functions (seed/custom_function.py): the autograd example, with the tutorial's
+own ReLU, ``MyReLU.apply`` (backproplab/functions.py), in place of ``clamp(min=0)``.
+
+The tutorial's example is the autograd example with that one line changed, so this trainer runs the
+autograd trainer's loop (trainers/autograd.py) with ``relu = MyReLU.apply`` rather than copying it.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from backproplab.functions import MyReLU
+from backproplab.problem import Problem
+from backproplab.trainers import OnStep, Result, autograd
+
+
+def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
+    relu = MyReLU.apply  # use our custom function
+    return autograd.train(problem, cfg, on_step, relu=relu)

@@ -1,0 +1,91 @@
+"""TensorFlow: static graphs (seed/tf_static.py). The graph is built once: placeholders for x and y, the
+forward pass, ``tf.gradients`` and the ``assign`` updates; a Session then runs it at every step.
+
+TensorFlow 2 runs the TF1 code through ``tf.compat.v1`` inside an explicit ``tf.Graph()`` (no global
+``disable_eager_execution()``, which would change TensorFlow for the whole process). The weights start
+from problem.py's arrays like every other trainer's. Only the two-layer net: a static graph has no
+per-step Python control flow for the dynamic net.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter (CUDA probes, ...)
+# TF's oneDNN custom CPU ops announce on stderr that they may change the numerical results; plain Eigen
+# kernels are quiet and reproducible, and as fast at the tutorial's size (set it to 1 to have oneDNN)
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from backproplab.problem import Problem  # noqa: E402
+from backproplab.trainers import OnStep, Result  # noqa: E402
+
+tf1 = tf.compat.v1
+
+
+def gpu_available() -> bool:
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def place(cfg: DictConfig) -> str:
+    accelerator = str(cfg.trainer.accelerator)
+    if accelerator in ("gpu", "cuda", "auto") and gpu_available():
+        return "/GPU:0"
+    return "/CPU:0"
+
+
+def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
+    dtype = tf.float64 if problem.dtype == np.float64 else tf.float32
+    d_in, d_out = problem.x.shape[1], problem.y.shape[1]
+    reduce = tf.reduce_sum if cfg.loss.reduction == "sum" else tf.reduce_mean
+    learning_rate = cfg.optim.lr
+
+    # First we set up the computational graph
+    g = tf.Graph()
+    with g.as_default(), g.device(place(cfg)):
+        tf1.set_random_seed(cfg.seed)  # the weights come from problem.py; this seeds any op that draws
+
+        # Placeholders for the input and target data; these will be filled with real data at each step
+        x = tf1.placeholder(dtype, shape=(None, d_in))
+        y = tf1.placeholder(dtype, shape=(None, d_out))
+
+        # Variables for the weights, initialised from the problem's arrays
+        params = {name: tf1.Variable(w, name=name) for name, w in problem.weights.items()}
+        w1, w2 = params["w1"], params["w2"]
+        # without model.bias a bias is a plain 0, which adds nothing
+        b1, b2 = (params.get(name, 0.0) for name in ("b1", "b2"))
+
+        # Forward pass: compute the predicted y (this only builds the graph; nothing is computed yet)
+        h = tf.matmul(x, w1) + b1
+        h_relu = tf.maximum(h, tf.zeros(1, dtype))
+        y_pred = tf.matmul(h_relu, w2) + b2
+
+        # Compute loss using operations on TensorFlow Tensors
+        loss = reduce((y - y_pred) ** 2.0)
+
+        # Compute gradient of the loss with respect to the weights
+        grads = dict(zip(params, tf.gradients(loss, list(params.values())), strict=True))
+
+        # Update the weights inside the graph. The updates wait for the loss and the gradients, so that
+        # every step reads the weights before it writes them (the tutorial's sess.run leaves this open).
+        with tf.control_dependencies([loss, *grads.values()]):
+            updates = [w.assign(w - learning_rate * grads[name]) for name, w in params.items()]
+        init = tf1.global_variables_initializer()
+
+    # Now we have built our graph, so we enter a TensorFlow session to actually execute it
+    feed_dict = {x: problem.x, y: problem.y}
+    with tf1.Session(graph=g, config=tf1.ConfigProto(allow_soft_placement=True)) as sess:
+        sess.run(init)
+        grads0 = sess.run(grads, feed_dict=feed_dict)  # the first step's gradients, for verify.py
+        start = time.perf_counter()
+        for i in range(cfg.trainer.max_steps):
+            # Execute the graph: compute loss and update the weights in one run
+            loss_value, _ = sess.run([loss, updates], feed_dict=feed_dict)
+            on_step(i, float(loss_value))
+        loop_s = time.perf_counter() - start
+        weights = sess.run(params)
+    return Result(weights=weights, loop_s=loop_s, grads0=grads0)
