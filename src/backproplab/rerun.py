@@ -1,5 +1,7 @@
-"""``python scripts/train.py +rerun=<run_id> [key=value ...]``: the exact resolved config of a recorded
-run (its config.yaml artifact), with this command's key overrides applied on top."""
+"""``python scripts/train.py +rerun=<run_id> [key=value ...]``: the exact config of a recorded run, with
+this command's key overrides applied on top. It reads config_source.yaml, the run's config with its
+interpolations kept (config.yaml resolves to the same values), so that ``optim.lr=...`` reaches the
+optimizer node that interpolates it."""
 
 from __future__ import annotations
 
@@ -20,9 +22,9 @@ def rerun_config(cfg: DictConfig) -> DictConfig:
     client, _ = open_store(cfg.logger)  # the run is looked up where this command records
     try:
         with tempfile.TemporaryDirectory() as d:
-            original = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", d))
+            original = OmegaConf.load(client.download_artifacts(run_id, "config_source.yaml", d))
     except Exception as e:
-        raise ConfigError(f"rerun={run_id}: no such run with a config.yaml artifact in this store ({e})") from None
+        raise ConfigError(f"rerun={run_id}: no run with a config_source.yaml artifact in this store ({e})") from None
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
     dotlist = []
     for item in overrides:

@@ -180,9 +180,9 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
-def resolved_yaml(cfg: DictConfig) -> str:
-    """The resolved config as YAML, with any secret in the tracking URI masked."""
-    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+def resolved_yaml(cfg: DictConfig, resolve: bool = True) -> str:
+    """The (resolved) config as YAML, with any secret in the tracking URI masked."""
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=resolve))
     if resolved.get("logger", {}).get("tracking_uri"):
         resolved.logger.tracking_uri = mask_secrets(resolved.logger.tracking_uri)
     return OmegaConf.to_yaml(resolved)
@@ -313,6 +313,8 @@ class MlflowTracker(Recorder):
             }
         )
         mlflow.log_text(resolved_yaml(self.cfg), "config.yaml")
+        # with its interpolations kept (optim.optimizer.lr: ${..lr}), so that +rerun overrides propagate
+        mlflow.log_text(resolved_yaml(self.cfg, resolve=False), "config_source.yaml")
         if problem.repeats is not None:
             mlflow.log_text(json.dumps(problem.repeats.tolist()), "repeat_schedule.json")
         mlflow.log_figure(loss_curve(self.losses, self.cfg), "loss_curve.png")

@@ -101,7 +101,12 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
     if t.get("checkpoint_dir") and t.get("checkpoint_every"):
         callbacks.append(
             L.pytorch.callbacks.ModelCheckpoint(
-                dirpath=t.checkpoint_dir, filename="{step}", every_n_train_steps=t.checkpoint_every, save_top_k=-1
+                dirpath=t.checkpoint_dir,
+                # no "=" in the name: it would need quoting in a Hydra override (ckpt_path=...)
+                filename="step_{step:06d}",
+                auto_insert_metric_name=False,
+                every_n_train_steps=t.checkpoint_every,
+                save_top_k=-1,
             )
         )
     trainer = L.Trainer(

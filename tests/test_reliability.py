@@ -1,0 +1,195 @@
+"""Reliability (issue 6): bad input, divergence, interruption, store faults, resume, rerun, secrets."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TRAIN, Workspace, gpu_available
+
+# (overrides, a text the one-line error must contain)
+BAD_INPUTS = [
+    (["model=nonexistent"], "nonexistent"),
+    (["loss=huber"], "huber"),
+    (["nosuchkey=1"], "nosuchkey"),
+    (["data.n=0"], "data.n"),
+    (["data.d_in=-5"], "data.d_in"),
+    (["data.d_out=0"], "data.d_out"),
+    (["data.dtype=int8"], "data.dtype"),
+    (["model.hidden=0"], "model.hidden"),
+    (["model=dynamic", "model.max_repeats=-1"], "model.max_repeats"),
+    (["model.init=zeros"], "model.init"),
+    (["model.bias=maybe"], "model.bias"),
+    (["optim.lr=0"], "optim.lr"),
+    (["optim.lr=-1"], "optim.lr"),
+    (["optim.lr=nan"], "optim.lr"),
+    (["optim.lr=inf"], "optim.lr"),
+    (["optim.lr=abc"], "optim.lr"),
+    (["optim=sgd_momentum", "optim.momentum=1.5"], "optim.momentum"),
+    (["trainer.max_steps=0"], "trainer.max_steps"),
+    (["trainer.accelerator=tpu"], "trainer.accelerator"),
+    (["trainer.precision=7"], "trainer.precision"),
+    (["trainer.devices=0"], "trainer.devices"),
+    (["seed=abc"], "seed"),
+    (["logger.flush_every=0"], "logger.flush_every"),
+    (["trainer=numpy", "trainer.accelerator=gpu"], "trainer.accelerator"),
+    (["trainer=numpy", "optim=adam"], "optim=adam"),
+    (["trainer=numpy", "trainer.precision=bf16-mixed"], "trainer.precision"),
+    (["trainer=tensorflow", "model=dynamic"], "model=dynamic"),
+    (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path"),
+    (["+rerun=0123456789abcdef"], "rerun"),
+    (["logger.tracking_uri=http://127.0.0.1:9"], "logger.tracking_uri"),
+]
+if not gpu_available():
+    BAD_INPUTS.append((["trainer.accelerator=gpu"], "no CUDA device is available"))
+
+
+def assert_clean_failure(ws: Workspace, proc: subprocess.CompletedProcess, needle: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert needle in proc.stderr, proc.stderr[-3000:]
+    if (ws.path / "mlruns" / "mlflow.db").exists():
+        assert all(r.info.status != "RUNNING" for r in ws.runs())
+
+
+@pytest.mark.parametrize("overrides,needle", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_input_is_one_clear_line(ws: Workspace, overrides: list[str], needle: str) -> None:
+    proc = ws.train("trainer.max_steps=5", *overrides, check=False)  # the bad value comes last and wins
+    assert_clean_failure(ws, proc, needle)
+
+
+def test_store_path_that_cannot_be_created(ws: Workspace) -> None:
+    blocker = ws.path / "a_file"
+    blocker.write_text("not a directory")
+    proc = ws.train(f"logger.tracking_uri=sqlite:///{blocker}/sub/mlflow.db", "trainer.max_steps=5", check=False)
+    assert_clean_failure(ws, proc, "cannot open the MLflow store")
+
+
+def test_store_file_that_is_not_sqlite(ws: Workspace) -> None:
+    (ws.path / "mlruns").mkdir()
+    (ws.path / "mlruns" / "mlflow.db").write_text("this is not a database\n" * 10)
+    proc = ws.train("trainer.max_steps=5", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "not a sqlite database" in proc.stderr
+
+
+def test_locked_store(ws: Workspace) -> None:
+    ws.train("trainer.max_steps=2", "logger=mlflow")  # create it
+    holder = sqlite3.connect(ws.path / "mlruns" / "mlflow.db", timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        proc = ws.train("trainer.max_steps=5", check=False)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert_clean_failure(ws, proc, "cannot open the MLflow store")
+    assert "locked" in proc.stderr
+
+
+def test_logger_none_works_even_with_a_broken_store_setting(ws: Workspace) -> None:
+    ws.train("logger=none", "trainer.max_steps=3")
+
+
+def test_divergence_fails_the_run_and_keeps_the_steps_before(ws: Workspace) -> None:
+    proc = ws.train("optim.lr=10", "trainer.max_steps=200", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "diverged at step" in proc.stderr
+    (run,) = ws.runs()
+    assert run.info.status == "FAILED"
+    reason = run.data.tags["failure_reason"]
+    step = int(reason.split("step ")[1].split(":")[0])
+    assert step >= 1 and ("nan" in reason or "inf" in reason)
+    assert [m.step for m in ws.client().get_metric_history(run.info.run_id, "train/loss")] == list(range(step))
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_marks_killed_and_keeps_history(ws: Workspace, sig: int, code: int) -> None:
+    ws.train("trainer.max_steps=1", "trainer.checkpoint_every=0")  # the store exists before we poll it
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAIN), "trainer.max_steps=1000000", "logger.flush_every=50"],
+        cwd=ws.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # wait until some steps are in the store
+            runs = ws.runs()
+            if len(runs) == 2 and ws.losses(runs[1].info.run_id):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("no step was recorded within 120 s")
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, stderr[-2000:]
+    assert "Traceback" not in stderr
+    _, run = ws.runs()  # a fresh client can read the store
+    assert run.info.status == "KILLED"
+    steps = [m.step for m in ws.client().get_metric_history(run.info.run_id, "train/loss")]
+    assert len(steps) >= 50 and steps == list(range(len(steps)))
+
+
+def test_resume_continues_the_curve_exactly(ws: Workspace) -> None:
+    ws.train("trainer.max_steps=300", "trainer.checkpoint_every=100", "model=dynamic", "optim=sgd_momentum")
+    (full,) = ws.runs()
+    ckpt_dir = Path(full.data.params["trainer.checkpoint_dir"])
+    names = {p.name for p in ckpt_dir.iterdir()}
+    assert names >= {"step_000100.ckpt", "step_000200.ckpt", "step_000300.ckpt", "last.ckpt"}
+    artifacts = {a.path for a in ws.client().list_artifacts(full.info.run_id, "checkpoints")}
+    assert "checkpoints/step_000100.ckpt" in artifacts
+    ws.train(
+        "trainer.max_steps=300", "model=dynamic", "optim=sgd_momentum", f"ckpt_path={ckpt_dir / 'step_000100.ckpt'}"
+    )
+    resumed = ws.runs()[-1]
+    history = ws.client().get_metric_history(resumed.info.run_id, "train/loss")
+    assert sorted(m.step for m in history) == list(range(100, 300))
+    original = ws.losses(full.info.run_id)
+    continued = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert continued == pytest.approx(original[100:], rel=1e-6)
+
+
+def test_rerun_reproduces_the_curve_and_takes_overrides(ws: Workspace) -> None:
+    ws.train("model=dynamic", "optim=adam", "seed=3", "trainer.max_steps=40")
+    (first,) = ws.runs()
+    ws.train(f"+rerun={first.info.run_id}")
+    ws.train(f"+rerun={first.info.run_id}", "optim.lr=1e-3")
+    _, same, changed = ws.runs()
+    assert same.data.params["model.name"] == "dynamic" and same.data.params["seed"] == "3"
+    assert ws.losses(same.info.run_id) == ws.losses(first.info.run_id)
+    assert changed.data.params["optim.lr"] == "0.001"
+    assert ws.losses(changed.info.run_id) != ws.losses(first.info.run_id)
+
+
+def test_four_processes_write_to_one_fresh_store(ws: Workspace) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(TRAIN), "trainer.max_steps=60", f"seed={i}", "logger.flush_every=10"],
+            cwd=ws.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(4)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+        assert "database is locked" not in err
+    runs = ws.runs()
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    assert all(len(ws.losses(r.info.run_id)) == 60 for r in runs)
+
+
+def test_no_secrets_in_the_record() -> None:
+    from omegaconf import OmegaConf
+
+    from backproplab.tracking import flatten, mask_secrets, resolved_yaml
+
+    uri = "https://alice:s3cr3t@mlflow.example.org:5000/?token=abc123"
+    assert "s3cr3t" not in mask_secrets(uri) and "abc123" not in mask_secrets(uri)
+    cfg = OmegaConf.create({"logger": {"name": "mlflow", "tracking_uri": uri}, "seed": 0})
+    assert "s3cr3t" not in str(flatten(cfg)) and "abc123" not in str(flatten(cfg))
+    assert "s3cr3t" not in resolved_yaml(cfg)
