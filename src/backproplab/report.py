@@ -24,8 +24,10 @@ PARENT_TAG = "mlflow.parentRunId"
 ARTIFACT_PATH = "report"
 # label order: the config groups a user sweeps most, then every other differing key alphabetically
 GROUP_ORDER = ("trainer", "model", "optim", "loss", "data")
-# where a run was logged is not what it trained: never a label
+# where a run logs or writes is not what it trained, and per-job paths (trainer.checkpoint_dir under each job's
+# output dir) differ in every sweep: never a label
 IGNORED_PREFIXES = ("logger.",)
+LOCATION_SUFFIXES = ("_dir", "_path", "_file", "_uri")
 COLUMNS = ("run", "trainer", "model", "optim", "lr", "final_loss", "steps_per_s", "status")
 DASHES = ("-", "--", "-.", ":")
 HEADERS = {"final_loss": "final loss", "steps_per_s": "steps/s", "failure_reason": "failure reason"}
@@ -37,7 +39,8 @@ class ReportError(Exception):
 
 @dataclass
 class ReportResult:
-    """What :func:`make_report` wrote: the three files, the table rows and how many curves the figure has."""
+    """What :func:`make_report` wrote: the three files, the table rows, how many curves the figure has (counted
+    on the figure before saving) and each run's label."""
 
     parent_run_id: str
     out_dir: Path
@@ -46,6 +49,7 @@ class ReportResult:
     csv: Path
     rows: list[dict[str, Any]] = field(default_factory=list)
     curves: int = 0
+    labels: list[str] = field(default_factory=list)  # the legend entry of each row's run
 
 
 # -- reading MLflow ------------------------------------------------------------------------------------------
@@ -129,10 +133,17 @@ def differing_labels(params: Sequence[dict[str, str]]) -> list[str]:
     """One label per run from the params whose values differ across the runs, e.g. ``model=dynamic optim=adam``.
 
     A group's choice shows as ``group=name``; keys that merely follow from that choice (``optim.momentum`` is
-    set for sgd, absent for adam) are left out, while a key swept within a group (``optim.lr``) stays.
+    set for sgd, absent for adam) are left out, while a key swept within a group (``optim.lr``) stays. Where
+    a run writes (``*_dir``, ``*_path``, ``logger.*``) is never a label.
     """
     keys = sorted(set().union(*params)) if params else []
-    differ = [k for k in keys if not k.startswith(IGNORED_PREFIXES) and len({p.get(k) for p in params}) > 1]
+    differ = [
+        k
+        for k in keys
+        if not k.startswith(IGNORED_PREFIXES)
+        and not k.endswith(LOCATION_SUFFIXES)
+        and len({p.get(k) for p in params}) > 1
+    ]
     shown: list[str] = []
     for k in differ:
         group, _, leaf = k.partition(".")
@@ -140,9 +151,10 @@ def differing_labels(params: Sequence[dict[str, str]]) -> list[str]:
             continue
         shown.append(k)
 
-    def order(k: str) -> tuple[int, str]:
-        group = k.partition(".")[0]
-        return (GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER), k)
+    def order(k: str) -> tuple[int, str, bool, str]:
+        group, _, leaf = k.partition(".")
+        # a group's choice first, then the keys swept within it: "optim=adam optim.lr=0.01"
+        return (GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER), group, leaf != "name", k)
 
     shown.sort(key=order)
 
@@ -334,7 +346,7 @@ def make_report(
     if log_artifacts:
         for path in (png, md, csv_path):
             client.log_artifact(parent_run_id, str(path), ARTIFACT_PATH)
-    return ReportResult(parent_run_id, out_dir, png, md, csv_path, rows, curves)
+    return ReportResult(parent_run_id, out_dir, png, md, csv_path, rows, curves, labels)
 
 
 def _default_uri() -> str:
