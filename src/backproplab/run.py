@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 import time
 
 from omegaconf import DictConfig, open_dict
@@ -32,7 +33,9 @@ def main(cfg: DictConfig) -> float:
     A failed single run exits non-zero with one line on stderr. In a multirun a failed job is recorded
     (FAILED in MLflow) and returns NaN so that the other jobs go on; the sweep callback then reports it.
     """
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # signal handlers can only be set from the main thread (not so in a threaded launcher)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         return train(cfg)
     except Exception as e:
@@ -51,7 +54,8 @@ def main(cfg: DictConfig) -> float:
         print(f"interrupted: metrics so far are recorded, run marked KILLED (exit {code})", file=sys.stderr)
         sys.exit(code)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def train(cfg: DictConfig) -> float:

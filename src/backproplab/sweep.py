@@ -35,6 +35,17 @@ class MlflowSweepCallback(Callback):
         self.parent_id = run.info.run_id
         print(f"[backproplab] MLflow parent run {self.parent_id} for sweep {sweep}", flush=True)
 
+    def _report(self, uri: str, config: DictConfig) -> None:
+        """The comparison report (curves + table), in the sweep dir and on the parent run."""
+        from backproplab.report import make_report
+
+        try:
+            out = Path(config.hydra.sweep.dir) / "report"
+            make_report(uri, config.logger.experiment_name, self.parent_id, out)
+            print(f"[backproplab] report: {out}/report.md", flush=True)
+        except Exception as e:  # a report problem must not change the sweep's outcome
+            print(f"[backproplab] report skipped: {e}", flush=True)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if config.logger.name != "mlflow" or not hasattr(self, "parent_id"):
             return
@@ -53,5 +64,6 @@ class MlflowSweepCallback(Callback):
         client.set_terminated(self.parent_id, "FAILED" if failed else "FINISHED")
         summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
         print(f"[backproplab] sweep done: {summary or 'no runs'} (parent run {self.parent_id})", flush=True)
+        self._report(client.tracking_uri, config)
         if failed:
             sys.exit(1)

@@ -23,8 +23,9 @@ from backproplab.problem import Problem
 from backproplab.trainers import OnStep, Result
 
 # Lightning's start-up banners (GPU/TPU available, tips) add nothing to a run's log.
-for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.trainer.connectors.checkpoint_connector"):
-    logging.getLogger(name).setLevel(logging.WARNING)
+for pkg in ("lightning.pytorch", "pytorch_lightning"):  # the second name shows up in joblib workers
+    for name in ("utilities.rank_zero", "trainer.connectors.checkpoint_connector"):
+        logging.getLogger(f"{pkg}.{name}").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 
