@@ -1,0 +1,200 @@
+"""Equivalence: every trainer computes the same thing.
+
+From one seed, in float64, each trainer (numpy, tensor, autograd, function, tensorflow, lightning with
+plain SGD) trains on the very same problem (data, initial weights, repeat schedule) and is compared with
+the autograd trainer: its first-step gradient of each parameter and its loss curve.
+
+    python scripts/verify.py                      # sequential net, with and without biases, 500 steps
+    python scripts/verify.py --model dynamic --steps 200 loss=mse_mean
+
+Differences are relative: for a gradient, max|g - g_ref| / max|g_ref| over the parameter's entries (an
+entry-wise ratio would divide by gradients that are ~0 where a ReLU is dead); for the loss curve,
+max over steps of |L - L_ref| / L_ref. Exits 1 when a trainer disagrees beyond the tolerances or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from backproplab.problem import Problem, make_problem
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+REFERENCE = "autograd"
+TRAINERS = ("numpy", "tensor", "autograd", "function", "tensorflow", "lightning")
+
+
+@dataclass
+class Outcome:
+    trainer: str
+    losses: list[float] = field(default_factory=list)
+    grads0: dict[str, np.ndarray] = field(default_factory=dict)
+    loop_s: float = 0.0
+    skipped: str = ""  # why the trainer cannot run this model
+    error: str = ""
+
+
+def compose_configs(trainers: list[str], overrides: list[str], config_dir: Path) -> dict[str, DictConfig]:
+    """One composed config per trainer, identical but for the trainer group."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return {t: compose(config_name="config", overrides=[f"trainer={t}", *overrides]) for t in trainers}
+
+
+def run_one(name: str, cfg: DictConfig, problem: Problem) -> Outcome:
+    """Train one trainer on the shared problem; an exception is reported, not raised."""
+    from backproplab.config import validate
+    from backproplab.tracking import Recorder
+    from backproplab.trainers import TRAINERS as REGISTRY
+    from backproplab.trainers import get_train
+
+    spec = REGISTRY[name]
+    if cfg.model.name not in spec.models:
+        return Outcome(name, skipped=f"no model={cfg.model.name}{spec.why}")
+    rec = Recorder()
+    try:
+        validate(cfg)
+        result = get_train(name)(problem, cfg, rec.on_step)
+    except Exception as e:
+        return Outcome(name, losses=rec.losses, error=f"{type(e).__name__}: {e}".splitlines()[0])
+    return Outcome(name, losses=rec.losses, grads0=result.grads0, loop_s=result.loop_s)
+
+
+def grad_diff(grads: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, float]:
+    out = {}
+    for name, r in ref.items():
+        g = grads.get(name)
+        if g is None or np.shape(g) != np.shape(r):
+            out[name] = float("inf")
+            continue
+        scale = np.abs(r).max() or 1.0
+        out[name] = float(np.abs(np.asarray(g, np.float64) - r).max() / scale)
+    return out
+
+
+def loss_diff(losses: list[float], ref: list[float]) -> float:
+    if len(losses) != len(ref):
+        return float("inf")
+    a, b = np.asarray(losses, np.float64), np.asarray(ref, np.float64)
+    return float(np.max(np.abs(a - b) / np.abs(b))) if len(b) else 0.0
+
+
+@dataclass
+class Report:
+    ok: bool  # every trainer that ran agrees with the reference
+    title: str
+    params: list[str]
+    rows: list[list[str]]
+
+
+def check(
+    trainers: list[str], overrides: list[str], grad_tol: float, loss_tol: float, config_dir: Path = CONF
+) -> Report:
+    """Run the trainers (and the reference) on one problem and compare them with the reference."""
+    names = [REFERENCE, *(t for t in trainers if t != REFERENCE)]
+    cfgs = compose_configs(names, overrides, config_dir)
+    c = cfgs[REFERENCE]
+    title = (
+        f"model={c.model.name} bias={c.model.bias} init={c.model.init} · {c.loss.name} · sgd lr={c.optim.lr} · "
+        f"seed={c.seed} · {c.data.dtype} · {c.trainer.max_steps} steps"
+    )
+    problem = make_problem(c)  # the same arrays for every trainer
+    outcomes = [run_one(t, cfgs[t], problem) for t in names]
+    ref = outcomes[0]
+    params = list(problem.weights)
+    ok = not ref.error
+    rows = []
+    for o in outcomes:
+        if o.skipped:
+            rows.append([o.trainer, *["-"] * len(params), "-", "-", "-", f"skipped: {o.skipped}"])
+            continue
+        if o.error or ref.error:
+            ok = False
+            rows.append([o.trainer, *["-"] * len(params), "-", "-", "-", f"FAILED: {o.error or 'no reference'}"])
+            continue
+        grads = grad_diff(o.grads0, ref.grads0)
+        curve = loss_diff(o.losses, ref.losses)
+        agree = max(grads.values()) <= grad_tol and curve <= loss_tol
+        ok &= agree
+        verdict = "reference" if o is ref else ("ok" if agree else "DISAGREES")
+        rows.append(
+            [o.trainer, *(f"{grads[p]:.1e}" for p in params), f"{curve:.1e}", f"{o.losses[-1]:.6g}",
+             f"{o.loop_s:.3f}", verdict]
+        )
+    return Report(ok, title, params, rows)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="backproplab-verify",
+        description="Check that every trainer computes the same gradients and loss curve as autograd (float64).",
+    )
+    p.add_argument("--steps", type=int, default=500, help="training steps per trainer (default 500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="sequential", choices=("sequential", "custom", "dynamic"))
+    p.add_argument("--bias", default="both", choices=("true", "false", "both"), help="model.bias (default both)")
+    p.add_argument("--trainers", default=",".join(TRAINERS), help="comma-separated (default: all six)")
+    p.add_argument("--grad-tol", type=float, default=1e-10, help="first-step gradients (default 1e-10)")
+    p.add_argument("--loss-tol", type=float, default=1e-8, help="loss curves (default 1e-8)")
+    p.add_argument("--config-dir", type=Path, default=CONF, help="the Hydra config tree (default: the repo's)")
+    p.add_argument("overrides", nargs="*", help="more Hydra overrides, e.g. loss=mse_mean model.init=randn")
+    args = p.parse_args(argv)
+    unknown = set(args.trainers.split(",")) - set(TRAINERS)
+    if unknown:
+        p.error(f"unknown trainer(s) {', '.join(sorted(unknown))}; choose from {', '.join(TRAINERS)}")
+    if args.steps < 1:
+        p.error("--steps must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    args = parse_args(argv)
+    console = Console()
+    if not console.is_terminal:  # a log file or a pipe: do not squeeze the table into 80 columns
+        console = Console(width=150)
+    trainers = args.trainers.split(",")
+    biases = ("true", "false") if args.bias == "both" else (args.bias,)
+    all_ok = True
+    for bias in biases:
+        overrides = [
+            f"seed={args.seed}", f"model={args.model}", f"model.bias={bias}", "optim=sgd", "logger=none",
+            "accelerator=cpu", "data.dtype=float64", "trainer.precision=64-true",
+            f"trainer.max_steps={args.steps}", "trainer.progress_bar=false", *args.overrides,
+        ]
+        start = time.perf_counter()
+        try:
+            report = check(trainers, overrides, args.grad_tol, args.loss_tol, args.config_dir)
+        except Exception:  # a config that does not compose, say: nothing to compare
+            console.print(traceback.format_exc(limit=1).strip(), markup=False)
+            return 2
+        all_ok &= report.ok
+        table = Table(
+            title=f"{report.title} ({time.perf_counter() - start:.1f}s)",
+            caption=f"relative difference to {REFERENCE}; tolerances: gradients {args.grad_tol:g}, "
+            f"loss curve {args.loss_tol:g}",
+        )
+        table.add_column("trainer")
+        for p in report.params:
+            table.add_column(f"grad {p}", justify="right")
+        for col in (f"loss curve ({args.steps} steps)", "final loss", "loop s", "verdict"):
+            table.add_column(col, justify="right" if col != "verdict" else "left")
+        for row in report.rows:
+            style = None if not any(w in row[-1] for w in ("DISAGREES", "FAILED")) else "bold red"
+            table.add_row(*row, style=style)
+        console.print(table)
+    console.print("all trainers agree" if all_ok else "[bold red]some trainers disagree[/]")
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
