@@ -1,0 +1,104 @@
+"""verify (issue 3): every trainer computes the same gradients and loss curve in float64, and the check
+fails when one of them does not."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+from backproplab import verify
+from backproplab.trainers import Result
+from backproplab.trainers import numpy as numpy_trainer
+
+VERIFY = REPO / "scripts" / "verify.py"
+
+
+def test_all_trainers_agree_in_float64() -> None:
+    """The real script, both bias settings (100 steps here; `python scripts/verify.py` runs 500)."""
+    proc = subprocess.run(
+        [sys.executable, str(VERIFY), "--steps", "100"], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert out.count("reference") == 2 and "all trainers agree" in out
+    for trainer in verify.TRAINERS:
+        assert out.count(f"│ {trainer} ") == 2, trainer
+    assert "DISAGREES" not in out and "FAILED" not in out
+    assert "bias=True" in out and "bias=False" in out and "grad b1" in out
+
+
+def test_dynamic_net_agrees_and_tensorflow_is_skipped(capsys: pytest.CaptureFixture[str]) -> None:
+    assert verify.main(["--model", "dynamic", "--steps", "60", "--bias", "true"]) == 0
+    out = capsys.readouterr().out
+    assert "grad wm" in out and "grad bm" in out
+    assert "skipped" in out and "all trainers agree" in out
+
+
+def wrong_gradient(problem, cfg, on_step) -> Result:
+    """A test-only trainer: the tutorial's numpy loop (bias-free), with grad_w1 off by a factor 1.001."""
+    x, y = problem.x, problem.y
+    w1, w2 = problem.weights["w1"].copy(), problem.weights["w2"].copy()
+    grads0 = {}
+    for i in range(cfg.trainer.max_steps):
+        h = x.dot(w1)
+        h_relu = np.maximum(h, 0)
+        y_pred = h_relu.dot(w2)
+        on_step(i, float(np.square(y_pred - y).sum()))
+        grad_y_pred = 2.0 * (y_pred - y)
+        grad_w2 = h_relu.T.dot(grad_y_pred)
+        grad_h = grad_y_pred.dot(w2.T)
+        grad_h[h < 0] = 0
+        grad_w1 = 1.001 * x.T.dot(grad_h)  # the deliberate mistake
+        if i == 0:
+            grads0 = {"w1": grad_w1.copy(), "w2": grad_w2.copy()}
+        w1 -= cfg.optim.lr * grad_w1
+        w2 -= cfg.optim.lr * grad_w2
+    return Result(weights={"w1": w1, "w2": w2}, loop_s=0.0, grads0=grads0)
+
+
+def test_a_wrong_gradient_fails_the_check(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setattr(numpy_trainer, "train", wrong_gradient)
+    code = verify.main(["--trainers", "numpy,tensor", "--bias", "false", "--steps", "30"])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    numpy_row = next(line for line in out.splitlines() if "│ numpy " in line)
+    tensor_row = next(line for line in out.splitlines() if "│ tensor " in line)
+    assert "DISAGREES" in numpy_row and "1.0e-03" in numpy_row  # grad w1 off by 0.1%
+    assert "ok" in tensor_row and "some trainers disagree" in out
+
+
+def test_a_slightly_wrong_update_fails_on_the_loss_curve(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Right first-step gradients, but an update one part in a million too large: only the curve shows it."""
+    real = numpy_trainer.train
+
+    def skewed_lr(problem, cfg, on_step) -> Result:
+        cfg = cfg.copy()
+        cfg.optim.lr = cfg.optim.lr * (1 + 1e-6)
+        return real(problem, cfg, on_step)
+
+    monkeypatch.setattr(numpy_trainer, "train", skewed_lr)
+    assert verify.main(["--trainers", "numpy", "--bias", "true", "--steps", "50"]) == 1
+    numpy_row = next(line for line in capsys.readouterr().out.splitlines() if "│ numpy " in line)
+    grads = numpy_row.split("│")[2:6]
+    assert all(float(g) < 1e-10 for g in grads), numpy_row
+    assert "DISAGREES" in numpy_row
+
+
+def test_a_failing_trainer_fails_the_check(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    def broken(problem, cfg, on_step) -> Result:
+        raise RuntimeError("shape mismatch in the backward pass")
+
+    monkeypatch.setattr(numpy_trainer, "train", broken)
+    assert verify.main(["--trainers", "numpy", "--bias", "false", "--steps", "5"]) == 1
+    assert "FAILED: RuntimeError: shape mismatch" in capsys.readouterr().out
+
+
+def test_bad_arguments_exit_2() -> None:
+    with pytest.raises(SystemExit) as e:
+        verify.main(["--trainers", "numpy,jax"])
+    assert e.value.code == 2
