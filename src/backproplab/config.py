@@ -94,6 +94,13 @@ def check_support(cfg: DictConfig) -> None:
                 f"{group}={chosen} is not supported by trainer={name}{spec.why}; "
                 f"trainers that support it: {', '.join(able)}"
             )
+    if name != "lightning":
+        t = cfg.trainer
+        if t.get("devices", 1) != 1 or t.get("num_nodes", 1) != 1 or t.get("strategy", "auto") != "auto":
+            raise ConfigError(
+                f"trainer={name} runs in one process (trainer.devices=1, trainer.num_nodes=1, trainer.strategy=auto; "
+                f"got {t.get('devices')}, {t.get('num_nodes')}, {t.get('strategy')}); use trainer=lightning for DDP"
+            )
     if name != "lightning" and str(cfg.trainer.precision) not in FULL_PRECISIONS:
         raise ConfigError(
             f"trainer.precision={cfg.trainer.precision} is only supported by trainer=lightning; "

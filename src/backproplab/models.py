@@ -70,11 +70,12 @@ def load_weights(model: nn.Module, weights: dict[str, np.ndarray]) -> nn.Module:
 
 
 @torch.no_grad()
-def export_weights(model: nn.Module) -> dict[str, np.ndarray]:
-    """The inverse of load_weights: the model's parameters as numpy arrays in problem.py's naming."""
+def export_weights(model: nn.Module, attr: str = "data") -> dict[str, np.ndarray]:
+    """The inverse of load_weights: the model's parameters (or, with attr="grad", their gradients) as
+    numpy arrays in problem.py's naming and orientation."""
     out = {}
     for layer, linear in zip(_layer_names(model), _linears(model), strict=True):
-        out["w" + layer] = linear.weight.detach().cpu().numpy().T.copy()
+        out["w" + layer] = getattr(linear.weight, attr).detach().cpu().numpy().T.copy()
         if linear.bias is not None:
-            out["b" + layer] = linear.bias.detach().cpu().numpy().copy()
+            out["b" + layer] = getattr(linear.bias, attr).detach().cpu().numpy().copy()
     return out

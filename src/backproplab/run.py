@@ -31,7 +31,8 @@ def main(cfg: DictConfig) -> float:
     """Train once and record it; returns the final loss (what Hydra sweepers minimize).
 
     A failed single run exits non-zero with one line on stderr. In a multirun a failed job is recorded
-    (FAILED in MLflow) and returns NaN so that the other jobs go on; the sweep callback then reports it.
+    (FAILED in MLflow) and returns +inf (the worst loss; a NaN breaks hydra-optuna-sweeper 1.3 with
+    optuna 2.10) so that the other jobs go on; the sweep callback then reports it.
     """
     # signal handlers can only be set from the main thread (not so in a threaded launcher)
     in_main = threading.current_thread() is threading.main_thread()
@@ -47,7 +48,7 @@ def main(cfg: DictConfig) -> float:
         else:
             log.exception("job failed (recorded as FAILED; the sweep goes on)")
         if in_sweep:
-            return float("nan")
+            return float("inf")
         sys.exit(2 if isinstance(e, ConfigError) else 1)
     except KeyboardInterrupt as e:
         code = 143 if isinstance(e, Terminated) else 130

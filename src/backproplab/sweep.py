@@ -53,17 +53,21 @@ class MlflowSweepCallback(Callback):
         children = client.search_runs(
             [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}'", max_results=10000
         )
-        for run in children:  # a job process that died without closing its run
-            if run.info.status == "RUNNING":
-                client.set_tag(run.info.run_id, "failure_reason", "the job ended without closing its run")
-                client.set_terminated(run.info.run_id, "FAILED")
         counts: dict[str, int] = {}
-        for run in client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}'"):
-            counts[run.info.status] = counts.get(run.info.status, 0) + 1
+        for run in children:
+            status, reason = run.info.status, run.data.tags.get("failure_reason", "")
+            if status == "RUNNING":  # a job process that died without closing its run
+                status, reason = "FAILED", "the job ended without closing its run"
+                client.set_tag(run.info.run_id, "failure_reason", reason)
+                client.set_terminated(run.info.run_id, status)
+            counts[status] = counts.get(status, 0) + 1
+            if status != "FINISHED":  # job logs may be in files (submitit, joblib): say why here
+                print(f"[backproplab] {status} {run.info.run_name} ({run.info.run_id[:8]}): {reason}", flush=True)
         failed = counts.get("FAILED", 0) + counts.get("KILLED", 0)
-        client.set_terminated(self.parent_id, "FAILED" if failed else "FINISHED")
+        fail_sweep = bool(failed) and config.get("fail_sweep_on_job_failure", True)
+        client.set_terminated(self.parent_id, "FAILED" if fail_sweep else "FINISHED")
         summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
         print(f"[backproplab] sweep done: {summary or 'no runs'} (parent run {self.parent_id})", flush=True)
         self._report(client.tracking_uri, config)
-        if failed:
+        if fail_sweep:
             sys.exit(1)

@@ -375,5 +375,11 @@ def loss_curve(losses: list[float], cfg: DictConfig) -> Any:
     return fig
 
 
+def is_rank_zero() -> bool:
+    """False in the extra processes of a distributed run: Lightning's DDP launcher re-runs this script
+    with LOCAL_RANK/NODE_RANK set, SLURM starts one task per process. Only rank 0 records."""
+    return all(os.environ.get(var, "0") == "0" for var in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
 def make_tracker(cfg: DictConfig) -> Recorder:
-    return MlflowTracker(cfg) if cfg.logger.name == "mlflow" else Recorder()
+    return MlflowTracker(cfg) if cfg.logger.name == "mlflow" and is_rank_zero() else Recorder()

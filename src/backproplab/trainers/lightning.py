@@ -7,19 +7,23 @@ module as buffers (moved to the device once); the "dataloader" only counts the s
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from omegaconf import DictConfig
 
 from backproplab.models import DynamicNet, export_weights, load_weights
 from backproplab.problem import Problem
+from backproplab.tracking import Diverged
 from backproplab.trainers import OnStep, Result
 
 # Lightning's start-up banners (GPU/TPU available, tips) add nothing to a run's log.
@@ -54,37 +58,64 @@ class TutorialModule(L.LightningModule):
         return self.optimizer(self.parameters())
 
 
+HISTORY = "backproplab/loss_history"  # (step, loss) rows, sent back from spawned DDP workers
+
+
 class StepReporter(L.Callback):
     """Hands each step's loss to the run's recorder, the same way every other trainer does;
-    keeps the first step's gradients for the equivalence check."""
+    keeps the first step's gradients for the equivalence check.
+
+    Under ``strategy=ddp_spawn`` training happens in worker processes that get a pickled copy of this
+    callback without the recorder; rank 0 collects the curve and Lightning ships it back to the main
+    process in ``trainer.callback_metrics``, where ``replay`` hands it to the recorder.
+    """
 
     def __init__(self, on_step: OnStep):
-        self.on_step = on_step
+        self.on_step: OnStep | None = on_step
         self.grads0: dict[str, np.ndarray] = {}
         self.exception: BaseException | None = None
+        self.history: list[tuple[int, float]] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "on_step": None}  # the recorder (and its MLflow client) stays in main
 
     def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule, optimizer: Any) -> None:
         if trainer.global_step == 0:
-            self.grads0 = _grads(module.net)
+            self.grads0 = export_weights(module.net, attr="grad")
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, *_: Any) -> None:
-        self.on_step(trainer.global_step - 1, outputs["loss"].item())
+        step, loss = trainer.global_step - 1, outputs["loss"].item()
+        if self.on_step is not None:
+            self.on_step(step, loss)
+        elif trainer.is_global_zero:
+            if not math.isfinite(loss):
+                raise Diverged(step, loss)
+            self.history.append((step, loss))
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.on_step is None and trainer.is_global_zero:
+            trainer.callback_metrics[HISTORY] = torch.tensor(self.history, dtype=torch.float64)
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
         self.exception = exception
 
+    def replay(self, trainer: L.Trainer, on_step: OnStep) -> None:
+        for step, loss in trainer.callback_metrics.get(HISTORY, torch.empty(0, 2)).tolist():
+            on_step(int(step), loss)
 
-def _grads(net: torch.nn.Module) -> dict[str, np.ndarray]:
-    # export_weights reads .weight/.bias; read their .grad the same way by swapping them in
-    params = {name: p.grad for name, p in net.named_parameters()}
-    clone = {name: p.detach().clone() for name, p in net.named_parameters()}
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            p.copy_(params[name])
-        grads = export_weights(net)
-        for name, p in net.named_parameters():
-            p.copy_(clone[name])
-    return grads
+
+class Steps:
+    """The "dataloader": one empty batch per step, since the full batch lives in the module.
+    (Not a plain range: DDP's spawn launcher rebuilds sequences it finds in fit's arguments.)"""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.n))
+
+    def __len__(self) -> int:
+        return self.n
 
 
 def progress_bar(setting: Any) -> bool:
@@ -127,7 +158,7 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
     )
     start = time.perf_counter()
     try:
-        trainer.fit(module, train_dataloaders=range(t.max_steps), ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, train_dataloaders=Steps(t.max_steps), ckpt_path=cfg.get("ckpt_path"))
     except SystemExit:
         # Lightning turns Ctrl-C into sys.exit(1) after its graceful shutdown; hand the interrupt on so
         # that the run is recorded as KILLED, not FAILED.
@@ -135,6 +166,8 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
             raise reporter.exception from None
         raise
     loop_s = time.perf_counter() - start
-    if len(callbacks) > 1:
+    if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+        reporter.replay(trainer, on_step)
+    if len(callbacks) > 1 and trainer.is_global_zero:
         trainer.save_checkpoint(f"{t.checkpoint_dir}/last.ckpt")
     return Result(weights=export_weights(net), loop_s=loop_s, model=net, grads0=reporter.grads0)

@@ -1,0 +1,149 @@
+"""Sweeps and scale-out (issue 4): parallel joblib jobs, failing jobs, Optuna, DDP, submitit, a real server."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import REPO, Workspace
+
+
+def assert_complete(ws: Workspace, run, steps: int) -> None:
+    assert run.info.status == "FINISHED", (run.info.run_name, run.data.tags.get("failure_reason"))
+    assert [m.step for m in ws.client().get_metric_history(run.info.run_id, "train/loss")] == list(range(steps))
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_four_parallel_joblib_jobs_lose_nothing(ws: Workspace, attempt: int) -> None:
+    proc = ws.train(
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "trainer=numpy",
+        "optim.lr=5e-5,1e-4,1.5e-4,2e-4", "logger.flush_every=10",
+    )
+    assert "database is locked" not in proc.stdout + proc.stderr
+    children = ws.runs(children_only=True)
+    assert len(children) == 4
+    assert {r.data.params["optim.lr"] for r in children} == {"5e-05", "0.0001", "0.00015", "0.0002"}
+    for run in children:
+        assert_complete(ws, run, 500)
+    assert "4 finished" in proc.stdout
+
+
+def test_a_failing_job_does_not_kill_the_sweep(ws: Workspace) -> None:
+    proc = ws.train("-m", "trainer=numpy", "optim.lr=1e-4,10,1e-5", "trainer.max_steps=100", check=False)
+    assert proc.returncode != 0
+    assert "1 failed, 2 finished" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    by_lr = {r.data.params["optim.lr"]: r for r in ws.runs(children_only=True)}
+    assert by_lr["10"].info.status == "FAILED" and "diverged at step" in by_lr["10"].data.tags["failure_reason"]
+    assert "diverged at step" in proc.stdout  # the summary says why
+    assert_complete(ws, by_lr["0.0001"], 100)
+    assert_complete(ws, by_lr["1e-05"], 100)
+    (parent,) = [r for r in ws.runs() if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FAILED"
+
+
+def test_optuna_search_beats_the_default(ws: Workspace) -> None:
+    ws.train("trainer.max_steps=50")
+    (default,) = ws.runs()
+    ws.train("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=6", "trainer.max_steps=50")
+    trials = ws.runs(children_only=True)
+    assert len(trials) == 6
+    finished = [r.data.metrics["final_loss"] for r in trials if r.info.status == "FINISHED"]
+    assert min(finished) < default.data.metrics["final_loss"]
+    results = next(ws.path.glob("multirun/*/*/optimization_results.yaml")).read_text()
+    assert "best_params" in results and "optim.lr" in results
+
+
+def test_ddp_on_two_cpu_processes_logs_one_run(ws: Workspace) -> None:
+    ws.train("accelerator=ddp_cpu", "trainer.max_steps=40")
+    (run,) = ws.runs()
+    assert run.data.params["trainer.devices"] == "2" and run.data.params["trainer.strategy"] == "ddp_spawn"
+    assert_complete(ws, run, 40)
+    # the full batch on every rank and averaged gradients: the same curve as one process
+    ws.train("trainer.max_steps=40")
+    assert ws.losses(run.info.run_id) == pytest.approx(ws.losses(ws.runs()[-1].info.run_id), rel=1e-5)
+
+
+def test_submitit_local_launcher(ws: Workspace) -> None:
+    ws.train("-m", "hydra/launcher=submitit_local", "trainer=numpy", "optim.lr=1e-4,2e-4", "trainer.max_steps=50")
+    children = ws.runs(children_only=True)
+    assert len(children) == 2
+    for run in children:
+        assert_complete(ws, run, 50)
+
+
+def test_slurm_launcher_config_follows_the_trainer() -> None:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "hydra/launcher=slurm", "trainer.devices=4", "trainer.num_nodes=2", "hydra.launcher.partition=gpu"
+            ],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (4, 4, 2)
+    assert launcher.partition == "gpu" and launcher.timeout_min == 60
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    """A real `mlflow server` on loopback with a sqlite backend in a temp dir."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1",
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow server did not start: {proc.stderr.read()[-2000:]}") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_runs_logged_to_a_real_tracking_server(ws: Workspace, mlflow_server: str) -> None:
+    ws.train(f"logger.tracking_uri={mlflow_server}", "trainer.max_steps=30", "model=dynamic")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)  # read back over HTTP
+    exp = client.get_experiment_by_name("backproplab")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 30
+    assert {"config.yaml", "loss_curve.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    import mlflow
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")  # through the server's artifact proxy
+    assert type(model).__name__ == "DynamicNet"
+    assert not (ws.path / "mlruns").exists()  # nothing went to the local default store
