@@ -168,6 +168,6 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
     loop_s = time.perf_counter() - start
     if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
         reporter.replay(trainer, on_step)
-    if len(callbacks) > 1 and trainer.is_global_zero:
+    if len(callbacks) > 1:  # collective under DDP: every rank calls it, rank 0 writes
         trainer.save_checkpoint(f"{t.checkpoint_dir}/last.ckpt")
     return Result(weights=export_weights(net), loop_s=loop_s, model=net, grads0=reporter.grads0)
