@@ -17,6 +17,11 @@ from backproplab.trainers import numpy as numpy_trainer
 VERIFY = REPO / "scripts" / "verify.py"
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # whatever a trainer might write lands here, not in the repo
+
+
 def test_all_trainers_agree_in_float64() -> None:
     """The real script, both bias settings (100 steps here; `python scripts/verify.py` runs 500)."""
     proc = subprocess.run(

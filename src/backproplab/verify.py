@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [
             f"seed={args.seed}", f"model={args.model}", f"model.bias={bias}", "optim=sgd", "logger=none",
             "accelerator=cpu", "data.dtype=float64", "trainer.precision=64-true",
-            f"trainer.max_steps={args.steps}", "trainer.progress_bar=false", *args.overrides,
+            f"trainer.max_steps={args.steps}", "trainer.progress_bar=false", "trainer.checkpoint_every=0",
+            *args.overrides,
         ]
         start = time.perf_counter()
         try:
