@@ -1,0 +1,96 @@
+"""scripts/bench.py --quick, through the real script in a subprocess: it exits 0 and writes a well-formed JSON and
+Markdown report. Nothing here asserts on a time (the machines are shared and noisy); only on the report's shape.
+
+(The import check — the numpy trainer's process imports no torch, TensorFlow or Lightning — is a test of its own
+in test_trainers.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+BENCH = REPO / "scripts" / "bench.py"
+TRAINERS = ("numpy", "tensor", "autograd", "function", "tensorflow", "lightning")
+
+
+def positive(x: object) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, str]:
+    """One --quick run for all the checks below: (JSON, Markdown file, stdout)."""
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "b.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--out", str(out)],
+        cwd=tmp, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"--stdout--\n{proc.stdout[-3000:]}\n--stderr--\n{proc.stderr[-3000:]}"
+    return json.loads(out.read_text()), out.with_suffix(".md").read_text(), proc.stdout
+
+
+def test_json_has_every_section_and_positive_finite_ratios(quick: tuple[dict, str, str]) -> None:
+    data, _, _ = quick
+    assert data["errors"] == {}
+    assert data["meta"]["mode"] == "quick"
+    for key in ("trainers", "mlflow_loop", "mlflow_fixed", "startup", "imports", "sweep", "scaling", "targets"):
+        assert key in data, key
+
+    assert set(data["trainers"]) == set(TRAINERS)
+    for name, row in data["trainers"].items():
+        assert positive(row["ratio"]), (name, row)
+        assert positive(row["loop_s"]["trainer"]) and positive(row["loop_s"]["tutorial"])
+        # same data, weights and steps on both sides: the same curve, up to float32 summation order (and the
+        # tutorial TF graph's unordered reads and writes of the weights)
+        assert row["final_loss"]["trainer"] == pytest.approx(row["final_loss"]["tutorial"], rel=1e-2), name
+
+    assert positive(data["mlflow_loop"]["numpy"]["ratio"])
+    fixed = data["mlflow_fixed"]
+    assert positive(fixed["first"]["fixed_s"]) and positive(fixed["later"]["numpy"]["fixed_s"])
+    assert "open_store" in fixed["first"]["breakdown"]
+
+    # the figures themselves are asserted by test_trainers' import test; here only their shape
+    assert isinstance(data["imports"]["numpy"]["heavy"], list)
+    assert isinstance(data["imports"]["numpy_forbidden"], list)
+    if "skipped" not in data["startup"]:  # needs the tutorial's scripts (shared/seed)
+        assert positive(data["startup"]["ratio"])
+
+    rows = data["scaling"]["rows"]
+    assert {r["impl"] for r in rows} == {"mm", "tensor", "autograd", "function", "lightning"}
+    assert all(positive(r["step_ms"]) and positive(r["gflops"]) and positive(r["pct_of_mm"]) for r in rows)
+
+    assert data["ratios"] and all(positive(v) for v in data["ratios"].values()), data["ratios"]
+    for t in data["targets"]:
+        assert set(t) >= {"target", "measured", "limit", "met"}
+        assert t["met"] in (True, False)
+
+
+def test_markdown_report_is_printed_and_written(quick: tuple[dict, str, str]) -> None:
+    data, md, stdout = quick
+    assert md.strip() in stdout
+    assert "| target | measured | target | verdict |" in md
+    for heading in ("## Targets", "## Trainers against the tutorial's loops", "## MLflow: the loop",
+                    "## MLflow: fixed cost", "## Scaling on cpu"):
+        assert heading in md, heading
+    # every target is one table row of four cells
+    target_rows = [ln for ln in md.splitlines() if ln.startswith("| ") and ln.count("|") == 5]
+    assert len(target_rows) >= len(data["targets"])
+    for name in TRAINERS:
+        assert f"| {name} |" in md
+
+
+def test_bench_path_is_importable_without_heavy_modules() -> None:
+    """The children (`python -m backproplab.bench _child ...`) measure imports: bench.py itself must add none."""
+    code = "import sys, backproplab.bench; print(sorted(m for m in sys.modules if m.split('.')[0] in " \
+           "{'numpy', 'torch', 'tensorflow', 'lightning', 'mlflow', 'hydra'}))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=Path.cwd())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
