@@ -18,6 +18,17 @@ HAND = ("numpy", "tensor", "autograd", "function", "tensorflow")
 TORCH_GPU = ("tensor", "autograd", "function", "lightning")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """These tests compare numbers; one thread keeps torch from fighting TF and BLAS over a small box."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def compose_cfg(*overrides: str):
     from hydra import compose, initialize_config_dir
 

@@ -19,6 +19,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
@@ -143,25 +144,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--trainers", default=",".join(TRAINERS), help="comma-separated (default: all six)")
     p.add_argument("--grad-tol", type=float, default=1e-10, help="first-step gradients (default 1e-10)")
     p.add_argument("--loss-tol", type=float, default=1e-8, help="loss curves (default 1e-8)")
+    p.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads while verifying (default 1: six frameworks' thread pools in one process fight "
+        "over a small machine's cores, and a check of numbers need not be fast)",
+    )
     p.add_argument("--config-dir", type=Path, default=CONF, help="the Hydra config tree (default: the repo's)")
     p.add_argument("overrides", nargs="*", help="more Hydra overrides, e.g. loss=mse_mean model.init=randn")
     args = p.parse_args(argv)
     unknown = set(args.trainers.split(",")) - set(TRAINERS)
     if unknown:
         p.error(f"unknown trainer(s) {', '.join(sorted(unknown))}; choose from {', '.join(TRAINERS)}")
-    if args.steps < 1:
-        p.error("--steps must be >= 1")
+    if args.steps < 1 or args.threads < 1:
+        p.error("--steps and --threads must be >= 1")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     args = parse_args(argv)
     console = Console()
     if not console.is_terminal:  # a log file or a pipe: do not squeeze the table into 80 columns
         console = Console(width=150)
+    import torch  # every check runs torch (autograd is the reference)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return run_checks(args, console)
+    finally:  # main() may be called in-process (tests): leave torch as it was
+        torch.set_num_threads(threads)
+
+
+def run_checks(args: argparse.Namespace, console: Any) -> int:
+    """One table per bias setting; 0 when every trainer agrees, 1 when one disagrees or fails."""
+    from rich.table import Table
+
     trainers = args.trainers.split(",")
     biases = ("true", "false") if args.bias == "both" else (args.bias,)
     all_ok = True
