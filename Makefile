@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test lint ui verify bench
+.PHONY: train test lint ui verify bench examples
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts
+
+examples: $(STAMP)
+	$(PY) scripts/train.py -m experiment=numpy,tensor,autograd,function,tensorflow,nn,optim,module,dynamic
 
 verify: $(STAMP)
 	$(PY) scripts/verify.py $(ARGS)

@@ -39,6 +39,7 @@ BAD_INPUTS = [
     (["logger.flush_every=0"], "logger.flush_every"),
     (["trainer=numpy", "trainer.accelerator=gpu"], "trainer.accelerator"),
     (["trainer=numpy", "optim=adam"], "optim=adam"),
+    (["trainer=numpy", "optim.momentum=0.9"], "optim.momentum"),
     (["trainer=numpy", "trainer.precision=bf16-mixed"], "trainer.precision"),
     (["trainer=tensorflow", "model=dynamic"], "model=dynamic"),
     (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path"),

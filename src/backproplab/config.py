@@ -101,6 +101,11 @@ def check_support(cfg: DictConfig) -> None:
                 f"trainer={name} runs in one process (trainer.devices=1, trainer.num_nodes=1, trainer.strategy=auto; "
                 f"got {t.get('devices')}, {t.get('num_nodes')}, {t.get('strategy')}); use trainer=lightning for DDP"
             )
+    if name != "lightning" and cfg.optim.get("momentum", 0.0):
+        raise ConfigError(
+            f"optim.momentum={cfg.optim.momentum} is not supported by trainer={name} (plain SGD by hand); "
+            "trainers that support it: lightning"
+        )
     if name != "lightning" and str(cfg.trainer.precision) not in FULL_PRECISIONS:
         raise ConfigError(
             f"trainer.precision={cfg.trainer.precision} is only supported by trainer=lightning; "

@@ -73,9 +73,16 @@ def load_weights(model: nn.Module, weights: dict[str, np.ndarray]) -> nn.Module:
 def export_weights(model: nn.Module, attr: str = "data") -> dict[str, np.ndarray]:
     """The inverse of load_weights: the model's parameters (or, with attr="grad", their gradients) as
     numpy arrays in problem.py's naming and orientation."""
+
+    def read(p: torch.Tensor) -> np.ndarray:
+        value = getattr(p, attr)
+        if value is None:  # no gradient: the dynamic net skipped its middle layer at that step
+            value = torch.zeros_like(p)
+        return value.detach().cpu().numpy()
+
     out = {}
     for layer, linear in zip(_layer_names(model), _linears(model), strict=True):
-        out["w" + layer] = getattr(linear.weight, attr).detach().cpu().numpy().T.copy()
+        out["w" + layer] = read(linear.weight).T.copy()
         if linear.bias is not None:
-            out["b" + layer] = getattr(linear.bias, attr).detach().cpu().numpy().copy()
+            out["b" + layer] = read(linear.bias).copy()
     return out
