@@ -149,3 +149,15 @@ def test_compose_api_builds_every_combination() -> None:
             opt = instantiate(cfg.optim.optimizer)(net.parameters())
             assert isinstance(opt, torch.optim.Optimizer) and opt.defaults["lr"] == cfg.optim.lr
             assert instantiate(cfg.loss.criterion).reduction == cfg.loss.name.removeprefix("mse_")
+
+
+def test_dynamic_net_that_skips_its_middle_layer_at_step_0(ws: Workspace) -> None:
+    """Seed 4's schedule starts with 0 repeats: the middle layer has no gradient at the first step."""
+    from hydra import compose, initialize_config_dir
+
+    from backproplab.problem import make_problem
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["model=dynamic", "seed=4", "trainer.max_steps=3"])
+    assert make_problem(cfg).repeats[0] == 0
+    ws.train("model=dynamic", "seed=4", "trainer.max_steps=3", "logger=none")
