@@ -47,7 +47,7 @@ def test_single_run_record_is_complete(ws: Workspace) -> None:
     client = ws.client()
     exp = client.get_experiment_by_name("backproplab")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert Path(exp.artifact_location.removeprefix("file://")) == ws.path / "mlruns"
+    assert Path(exp.artifact_location.removeprefix("file://")) == ws.path / "mlruns" / "backproplab"
     (run,) = ws.runs()
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "lightning-custom-adam"

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -79,7 +80,7 @@ def launch_dir() -> Path:
 
 
 def store_location(logger_cfg: DictConfig) -> tuple[str, str | None]:
-    """(tracking URI, artifact location for a new experiment). The default is a sqlite store in
+    """(tracking URI, artifact root for new experiments). The default is a sqlite store in
     ``<launch dir>/mlruns/`` with artifacts beside it, both absolute."""
     if logger_cfg.get("tracking_uri"):
         return str(logger_cfg.tracking_uri), None
@@ -101,7 +102,10 @@ def open_store(logger_cfg: DictConfig) -> tuple[Any, str]:
             _probe(uri)
         with _creation_lock(uri):
             client = MlflowClient(uri)
-            exp_id = get_or_create_experiment(client, logger_cfg.experiment_name, artifact_location)
+            name = logger_cfg.experiment_name
+            # one artifact folder per experiment: mlruns/<experiment>/<run id>/artifacts, .../models/...
+            where = f"{artifact_location}/{quote(name, safe='')}" if artifact_location else None
+            exp_id = get_or_create_experiment(client, name, where)
     except Exception as e:  # MLflow raises many types here; all mean the same thing to the user
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrackingError(
