@@ -981,9 +981,16 @@ def markdown(results: dict[str, Any]) -> str:
         "# backproplab benchmark",
         "",
         f"{m['machine']}, threads: {m['threads']}; load average {m['load_start']} at the start, "
-        f"{m['load_end']} at the end; "
+        f"{m['load_end']} at the end, {max(m['load_samples'])} at most between sections; "
         f"{m['mode']} settings; {m['duration_s']:.0f} s. Medians of {m['settings']['repeats']} rounds after "
         f"{m['settings']['warmup']} warm-up, the compared sides alternating.",
+    ]
+    if max(m["load_samples"]) > (os.cpu_count() or 1) and m["threads"] == "library defaults":
+        lines += ["", "**The machine was loaded** (load average above its CPU count at times: "
+                  f"{', '.join(map(str, m['load_samples']))}): multi-threaded BLAS/OpenMP on the tutorial's tiny "
+                  "matrices then stalls on descheduled threads, which swamps the overheads measured here; "
+                  "`--threads 1` gives steadier ratios."]
+    lines += [
         "",
         "## Targets",
         "",
@@ -1046,7 +1053,7 @@ def markdown(results: dict[str, Any]) -> str:
                       f"| `{st['command']}` | {fmt(st['ours_s'])} |",
                       f"| `{st['command_experiment']}` (like for like) | {fmt(st['ours_experiment_s'])} |",
                       f"| `{st['tutorial']}` | {fmt(st['tutorial_s'])} |",
-                      f"| ratio (like for like) | {fmt(st['ratio'])}× ({fmt(st['ratio_experiment'])}×) |"]
+                      f"| ratio (like for like in brackets) | {fmt(st['ratio'])}× ({fmt(st['ratio_experiment'])}×) |"]
     if imp := results.get("imports"):
         lines += ["", "## Heavy modules each trainer's process imports (compose + run.train, logger=none)", "",
                   "| trainer | heavy modules | process s |", "|---|---|---:|"]
@@ -1212,12 +1219,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, Any] = {"meta": meta}
     errors: dict[str, str] = {}
 
+    meta["load_samples"] = [meta["load_start"]]
+
     def section(key: str, fn: Callable[[], Any]) -> None:
         try:
             results[key] = fn()
         except Exception as e:  # one failed measurement must not lose the others
             errors[key] = f"{type(e).__name__}: {e}".strip()[:2000]
             print(f"[bench] {key} failed: {errors[key]}", file=sys.stderr, flush=True)
+        meta["load_samples"].append(load())
 
     with tempfile.TemporaryDirectory(prefix="backproplab-bench-") as tmp_name:
         tmp = Path(tmp_name)
