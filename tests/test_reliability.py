@@ -112,7 +112,7 @@ def test_divergence_fails_the_run_and_keeps_the_steps_before(ws: Workspace) -> N
 def test_interrupt_marks_killed_and_keeps_history(ws: Workspace, sig: int, code: int) -> None:
     ws.train("trainer.max_steps=1", "trainer.checkpoint_every=0")  # the store exists before we poll it
     proc = subprocess.Popen(
-        [sys.executable, str(TRAIN), "trainer.max_steps=1000000", "logger.flush_every=50"],
+        [sys.executable, str(TRAIN), "trainer.max_steps=1000000", "logger.flush_every=50", "logger.flush_seconds=600"],
         cwd=ws.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

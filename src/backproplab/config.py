@@ -72,6 +72,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.devices={devices!r} is invalid: expected an integer >= 1 or auto")
     if cfg.logger.name == "mlflow":
         _int(cfg, "logger.flush_every", 1)
+        secs = cfg.logger.get("flush_seconds", 5.0)
+        if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not secs > 0:
+            raise ConfigError(f"logger.flush_seconds={secs!r} is invalid: expected a number of seconds > 0")
     if "checkpoint_every" in cfg.trainer:
         _int(cfg, "trainer.checkpoint_every", 0)
     if cfg.get("ckpt_path"):

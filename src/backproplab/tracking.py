@@ -233,9 +233,11 @@ class MlflowTracker(Recorder):
     def __init__(self, cfg: DictConfig):
         super().__init__()
         self.cfg = cfg
-        self.flush_every = int(cfg.logger.get("flush_every", 100))
+        self.flush_every = int(cfg.logger.get("flush_every", 1000))
+        self.flush_seconds = float(cfg.logger.get("flush_seconds", 5.0))
         self._pending: list[Any] = []
         self._t0 = time.perf_counter()
+        self._flushed: float | None = None  # when the last batch was written; the clock starts at step 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> MlflowTracker:
@@ -291,7 +293,12 @@ class MlflowTracker(Recorder):
 
         super().on_step(step, loss)
         self._pending.append(Metric("train/loss", self.losses[-1], int(time.time() * 1000), step))
-        if len(self._pending) >= self.flush_every:
+        # a database write costs ~20 ms, a whole tutorial step ~0.5 ms: write in batches, by count or by age
+        # (so a long run's curve still shows up live in the UI)
+        now = time.perf_counter()
+        if self._flushed is None:
+            self._flushed = now
+        if len(self._pending) >= self.flush_every or now - self._flushed > self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
@@ -300,6 +307,7 @@ class MlflowTracker(Recorder):
             batch = self._pending[:1000]
             _retry_locked(self.client.log_batch, self.run_id, metrics=batch, synchronous=True)
             del self._pending[: len(batch)]
+        self._flushed = time.perf_counter()
 
     # -- at the end ------------------------------------------------------------------------------
     def finish(self, result: Any, problem: Any) -> None:
@@ -363,19 +371,17 @@ def _retry_locked(write: Any, *args: Any, attempts: int = 6, **kwargs: Any) -> N
 
 
 def loss_curve(losses: list[float], cfg: DictConfig) -> Any:
-    import matplotlib
+    """The run's train/loss on a log scale (a bare Figure: no pyplot state, no GUI backend)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4), dpi=80)
+    ax = fig.add_subplot()
     ax.plot(range(len(losses)), losses)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("train/loss")
     ax.set_title(f"{cfg.trainer.name} · {cfg.model.name} · {cfg.optim.name} (lr={cfg.optim.lr})")
     fig.tight_layout()
-    plt.close(fig)
     return fig
 
 

@@ -18,6 +18,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from omegaconf import DictConfig
 
@@ -31,13 +32,22 @@ for pkg in ("lightning.pytorch", "pytorch_lightning"):  # the second name shows 
     for name in ("utilities.rank_zero", "trainer.connectors.checkpoint_connector"):
         logging.getLogger(f"{pkg}.{name}").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+# With manual optimization a step's checkpoint holds the weights after that step's update: exactly the
+# state a resume from step K needs, so Lightning's warning about it does not apply here.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
 class TutorialModule(L.LightningModule):
-    """One shared step for every model: y_pred = net(x); loss = criterion(y_pred, y)."""
+    """One shared step for every model, the tutorial's optim loop: y_pred = net(x); loss = criterion(y_pred, y);
+    zero_grad; backward; step.
+
+    Manual optimization: the step is written out as in the tutorial, and it skips the closure machinery of
+    Lightning's automatic optimization, which costs about as much per step as this whole tiny step.
+    """
 
     def __init__(self, net: torch.nn.Module, criterion: torch.nn.Module, optimizer: Any, problem: Problem):
         super().__init__()
+        self.automatic_optimization = False
         self.net, self.criterion, self.optimizer = net, criterion, optimizer
         self.register_buffer("x", torch.from_numpy(problem.x), persistent=False)
         self.register_buffer("y", torch.from_numpy(problem.y), persistent=False)
@@ -49,10 +59,13 @@ class TutorialModule(L.LightningModule):
         return self.net(x)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        optimizer = self.optimizers()
         y_pred = self(self.x, self.global_step)
         loss = self.criterion(y_pred, self.y)
-        self.log("train/loss", loss, prog_bar=True, logger=False)
-        return loss
+        optimizer.zero_grad()
+        self.manual_backward(loss)  # precision plugins and DDP's gradient sync hook in here
+        optimizer.step()
+        return loss.detach()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer(self.parameters())
@@ -75,6 +88,7 @@ class StepReporter(L.Callback):
         self.grads0: dict[str, np.ndarray] = {}
         self.exception: BaseException | None = None
         self.history: list[tuple[int, float]] = []
+        self.last = float("nan")
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "on_step": None}  # the recorder (and its MLflow client) stays in main
@@ -85,6 +99,7 @@ class StepReporter(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, *_: Any) -> None:
         step, loss = trainer.global_step - 1, outputs["loss"].item()
+        self.last = loss
         if self.on_step is not None:
             self.on_step(step, loss)
         elif trainer.is_global_zero:
@@ -102,6 +117,18 @@ class StepReporter(L.Callback):
     def replay(self, trainer: L.Trainer, on_step: OnStep) -> None:
         for step, loss in trainer.callback_metrics.get(HISTORY, torch.empty(0, 2)).tolist():
             on_step(int(step), loss)
+
+
+class LossBar(TQDMProgressBar):
+    """Lightning's progress bar showing the reporter's loss: no per-step self.log (which costs more than
+    the tutorial's whole step), and a redraw every few steps rather than every step."""
+
+    def __init__(self, reporter: StepReporter, refresh_rate: int):
+        super().__init__(refresh_rate=refresh_rate)
+        self.reporter = reporter
+
+    def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
+        return {**super().get_metrics(trainer, module), "loss": f"{self.reporter.last:.4g}"}
 
 
 class Steps:
@@ -130,9 +157,13 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
     reporter = StepReporter(on_step)
     t = cfg.trainer
     callbacks: list[L.Callback] = [reporter]
-    if t.get("checkpoint_dir") and t.get("checkpoint_every"):
+    show_bar = progress_bar(t.get("progress_bar", "auto"))
+    if show_bar:
+        callbacks.append(LossBar(reporter, refresh_rate=max(1, t.max_steps // 100)))
+    checkpointing = bool(t.get("checkpoint_dir") and t.get("checkpoint_every"))
+    if checkpointing:
         callbacks.append(
-            L.pytorch.callbacks.ModelCheckpoint(
+            ModelCheckpoint(
                 dirpath=t.checkpoint_dir,
                 # no "=" in the name: it would need quoting in a Hydra override (ckpt_path=...)
                 filename="step_{step:06d}",
@@ -151,9 +182,9 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
         max_epochs=-1,
         log_every_n_steps=t.log_every_n_steps,
         logger=False,  # the run's record is written by backproplab.tracking, like every other trainer's
-        enable_checkpointing=len(callbacks) > 1,
+        enable_checkpointing=checkpointing,
         enable_model_summary=False,
-        enable_progress_bar=progress_bar(t.get("progress_bar", "auto")),
+        enable_progress_bar=show_bar,
         callbacks=callbacks,
     )
     start = time.perf_counter()
@@ -168,6 +199,6 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
     loop_s = time.perf_counter() - start
     if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
         reporter.replay(trainer, on_step)
-    if len(callbacks) > 1:  # collective under DDP: every rank calls it, rank 0 writes
+    if checkpointing:  # collective under DDP: every rank calls it, rank 0 writes
         trainer.save_checkpoint(f"{t.checkpoint_dir}/last.ckpt")
     return Result(weights=export_weights(net), loop_s=loop_s, model=net, grads0=reporter.grads0)
