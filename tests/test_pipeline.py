@@ -11,7 +11,7 @@ from conftest import REPO, Workspace, gpu_available
 MODELS = ("sequential", "custom", "dynamic")
 OPTIMS = ("sgd", "sgd_momentum", "adam", "rmsprop", "adagrad")
 LOSSES = ("mse_sum", "mse_mean")
-ACCELERATORS = ("cpu", "gpu", "auto")
+ACCELERATORS = ("cpu", "gpu", "auto", "ddp_cpu")
 
 
 @pytest.fixture(scope="module")

@@ -108,6 +108,20 @@ def test_divergence_fails_the_run_and_keeps_the_steps_before(ws: Workspace) -> N
     assert [m.step for m in ws.client().get_metric_history(run.info.run_id, "train/loss")] == list(range(step))
 
 
+def test_divergence_guard_works_for_every_trainer(ws: Workspace) -> None:
+    trainers = ("numpy", "tensor", "autograd", "function", "tensorflow", "lightning")
+    proc = ws.train("-m", f"trainer={','.join(trainers)}", "optim.lr=10", "trainer.max_steps=100", check=False)
+    assert proc.returncode != 0 and "6 failed" in proc.stdout
+    runs = ws.runs(children_only=True)
+    assert sorted(r.data.params["trainer.name"] for r in runs) == sorted(trainers)
+    for run in runs:
+        assert run.info.status == "FAILED"
+        reason = run.data.tags["failure_reason"]
+        assert "diverged at step" in reason, (run.info.run_name, reason)
+        step = int(reason.split("step ")[1].split(":")[0])
+        assert len(ws.losses(run.info.run_id)) == step, run.info.run_name
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_marks_killed_and_keeps_history(ws: Workspace, sig: int, code: int) -> None:
     ws.train("trainer.max_steps=1", "trainer.checkpoint_every=0")  # the store exists before we poll it
