@@ -47,6 +47,15 @@ def test_a_failing_job_does_not_kill_the_sweep(ws: Workspace) -> None:
     assert parent.info.status == "FAILED"
 
 
+def test_a_refused_job_is_counted_as_failed(ws: Workspace) -> None:
+    proc = ws.train("-m", "trainer=numpy,lightning", "optim=adam", "trainer.max_steps=20", check=False)
+    assert proc.returncode != 0 and "1 failed, 1 finished" in proc.stdout
+    by_trainer = {r.data.params["trainer.name"]: r for r in ws.runs(children_only=True)}
+    assert by_trainer["lightning"].info.status == "FINISHED"
+    assert by_trainer["numpy"].info.status == "FAILED"
+    assert "optim=adam is not supported by trainer=numpy" in by_trainer["numpy"].data.tags["failure_reason"]
+
+
 def test_optuna_search_beats_the_default(ws: Workspace) -> None:
     ws.train("trainer.max_steps=50")
     (default,) = ws.runs()

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, open_dict
 
 from backproplab.config import ConfigError, validate
 from backproplab.problem import make_problem
-from backproplab.tracking import Diverged, TrackingError, make_tracker, sweep_dir
+from backproplab.tracking import Diverged, TrackingError, make_tracker, record_refusal, sweep_dir
 from backproplab.trainers import get_train
 
 log = logging.getLogger("backproplab")
@@ -48,6 +48,8 @@ def main(cfg: DictConfig) -> float:
         else:
             log.exception("job failed (recorded as FAILED; the sweep goes on)")
         if in_sweep:
+            if isinstance(e, ConfigError):  # refused before its run opened: record it, so the sweep counts it
+                record_refusal(cfg, e)
             return float("inf")
         sys.exit(2 if isinstance(e, ConfigError) else 1)
     except KeyboardInterrupt as e:

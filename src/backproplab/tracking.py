@@ -391,5 +391,14 @@ def is_rank_zero() -> bool:
     return all(os.environ.get(var, "0") == "0" for var in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
+def record_refusal(cfg: DictConfig, error: Exception) -> None:
+    """A multirun job whose config was refused still leaves a FAILED child run with the reason, so that the
+    sweep's summary, exit code and report count it. Best effort: a broken store is reported elsewhere."""
+    if cfg.logger.name != "mlflow" or not is_rank_zero():
+        return
+    with contextlib.suppress(Exception), MlflowTracker(cfg):
+        raise error
+
+
 def make_tracker(cfg: DictConfig) -> Recorder:
     return MlflowTracker(cfg) if cfg.logger.name == "mlflow" and is_rank_zero() else Recorder()
