@@ -37,6 +37,11 @@ BAD_INPUTS = [
     (["trainer.devices=0"], "trainer.devices"),
     (["seed=abc"], "seed"),
     (["logger.flush_every=0"], "logger.flush_every"),
+    (["loss.reduction=none"], "loss.reduction"),
+    (["trainer.num_nodes=0"], "trainer.num_nodes"),
+    (["trainer.log_every_n_steps=abc"], "trainer.log_every_n_steps"),
+    (["trainer.progress_bar=maybe"], "trainer.progress_bar"),
+    (["+rerun=0123456789abcdef", "logger=none"], "logger=mlflow"),
     (["trainer=numpy", "trainer.accelerator=gpu"], "trainer.accelerator"),
     (["trainer=numpy", "optim=adam"], "optim=adam"),
     (["trainer=numpy", "optim.momentum=0.9"], "optim.momentum"),
@@ -167,6 +172,15 @@ def test_resume_continues_the_curve_exactly(ws: Workspace) -> None:
     original = ws.losses(full.info.run_id)
     continued = [m.value for m in sorted(history, key=lambda m: m.step)]
     assert continued == pytest.approx(original[100:], rel=1e-6)
+
+
+def test_resume_from_a_finished_checkpoint_is_refused(ws: Workspace) -> None:
+    ws.train("trainer.max_steps=20", "trainer.checkpoint_every=10")
+    (run,) = ws.runs()
+    last = Path(run.data.params["trainer.checkpoint_dir"]) / "last.ckpt"
+    proc = ws.train("trainer.max_steps=20", f"ckpt_path={last}", check=False)
+    assert_clean_failure(ws, proc, "leaves nothing to train")
+    assert len(ws.runs()) == 1
 
 
 def test_rerun_reproduces_the_curve_and_takes_overrides(ws: Workspace) -> None:

@@ -156,3 +156,14 @@ def test_runs_logged_to_a_real_tracking_server(ws: Workspace, mlflow_server: str
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")  # through the server's artifact proxy
     assert type(model).__name__ == "DynamicNet"
     assert not (ws.path / "mlruns").exists()  # nothing went to the local default store
+
+
+def test_a_sweep_stopped_by_its_first_failure_closes_its_parent(ws: Workspace) -> None:
+    proc = ws.train(
+        "-m", "continue_on_failure=false", "trainer=numpy", "optim.lr=1e-4,-1,1e-5", "trainer.max_steps=20",
+        check=False,
+    )
+    assert proc.returncode != 0 and "optim.lr=-1" in proc.stderr
+    (parent,) = [r for r in ws.runs() if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FAILED" and "stopped before all its jobs" in parent.data.tags["failure_reason"]
+    assert all(r.info.status != "RUNNING" for r in ws.runs())

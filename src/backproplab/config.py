@@ -55,6 +55,7 @@ def validate(cfg: DictConfig) -> None:
         _int(cfg, key, 1)
     _choice(cfg, "data.dtype", DTYPES)
     _choice(cfg, "model.init", INITS)
+    _choice(cfg, "loss.reduction", ("sum", "mean"))
     if not isinstance(cfg.model.bias, bool):
         raise ConfigError(f"model.bias={cfg.model.bias!r} is invalid: expected true or false")
     if cfg.model.name == "dynamic":
@@ -70,6 +71,10 @@ def validate(cfg: DictConfig) -> None:
     devices = cfg.trainer.get("devices", 1)
     if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
         raise ConfigError(f"trainer.devices={devices!r} is invalid: expected an integer >= 1 or auto")
+    _int(cfg, "trainer.num_nodes", 1)
+    _int(cfg, "trainer.log_every_n_steps", 1)
+    if (bar := cfg.trainer.progress_bar) not in ("auto", True, False):
+        raise ConfigError(f"trainer.progress_bar={bar!r} is invalid: allowed values are auto, true, false")
     if cfg.logger.name == "mlflow":
         _int(cfg, "logger.flush_every", 1)
         secs = cfg.logger.get("flush_seconds", 5.0)
@@ -82,7 +87,23 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"ckpt_path is only supported by trainer=lightning (got trainer={cfg.trainer.name})")
         if not os.path.isfile(str(cfg.ckpt_path)):
             raise ConfigError(f"ckpt_path={cfg.ckpt_path} is not a file")
+        _check_resume(cfg)
     check_support(cfg)
+
+
+def _check_resume(cfg: DictConfig) -> None:
+    """A checkpoint at or past trainer.max_steps would train nothing (and record an empty run)."""
+    import torch
+
+    try:
+        step = int(torch.load(str(cfg.ckpt_path), map_location="cpu", weights_only=False)["global_step"])
+    except Exception as e:
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path} is not a Lightning checkpoint ({type(e).__name__})") from None
+    if step >= cfg.trainer.max_steps:
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path} is at step {step}, so trainer.max_steps={cfg.trainer.max_steps} leaves "
+            f"nothing to train: raise trainer.max_steps above {step}"
+        )
 
 
 def check_support(cfg: DictConfig) -> None:

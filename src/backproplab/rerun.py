@@ -18,6 +18,8 @@ def rerun_config(cfg: DictConfig) -> DictConfig:
     from hydra.core.hydra_config import HydraConfig
 
     run_id = str(cfg.rerun)
+    if cfg.logger.name != "mlflow":
+        raise ConfigError(f"rerun={run_id} reads the run from MLflow: use logger=mlflow (and logger.tracking_uri)")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client, _ = open_store(cfg.logger)  # the run is looked up where this command records
     try:

@@ -7,6 +7,7 @@ the sweep dir tag (tracking.find_parent_run), which works in any process and on 
 
 from __future__ import annotations
 
+import atexit
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,15 +25,19 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.logger.name != "mlflow":
             return
-        from backproplab.tracking import SWEEP_TAG
+        from backproplab.tracking import SWEEP_TAG, mask_secrets
 
         client, exp_id = self._client(config)
         sweep = str(Path(config.hydra.sweep.dir).resolve())
-        overrides = " ".join(config.hydra.overrides.task)
+        overrides = mask_secrets(" ".join(config.hydra.overrides.task))
         run = client.create_run(
             exp_id, run_name=f"sweep {Path(sweep).name}", tags={SWEEP_TAG: sweep, "overrides": overrides}
         )
         self.parent_id = run.info.run_id
+        self.ended = False
+        # A job that exits the process (continue_on_failure=false, Ctrl-C) skips on_multirun_end:
+        # close the parent anyway so that it does not stay RUNNING.
+        atexit.register(self._close_unended, client)
         print(f"[backproplab] MLflow parent run {self.parent_id} for sweep {sweep}", flush=True)
 
     def _report(self, uri: str, config: DictConfig) -> None:
@@ -46,9 +51,16 @@ class MlflowSweepCallback(Callback):
         except Exception as e:  # a report problem must not change the sweep's outcome
             print(f"[backproplab] report skipped: {e}", flush=True)
 
+    def _close_unended(self, client: Any) -> None:
+        if not self.ended:
+            reason = "the sweep stopped before all its jobs had run (continue_on_failure=false, Ctrl-C or SIGTERM)"
+            client.set_tag(self.parent_id, "failure_reason", reason)
+            client.set_terminated(self.parent_id, "FAILED")
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if config.logger.name != "mlflow" or not hasattr(self, "parent_id"):
             return
+        self.ended = True
         client, exp_id = self._client(config)
         children = client.search_runs(
             [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}'", max_results=10000

@@ -45,6 +45,7 @@ class Recorder:
     """Collects the loss of every step; the base of both trackers (``logger=none`` is this)."""
 
     def __init__(self) -> None:
+        self.steps: list[int] = []  # not always 0..n-1: a resumed run starts at its checkpoint's step
         self.losses: list[float] = []
         self.run_id: str | None = None
 
@@ -58,6 +59,7 @@ class Recorder:
         loss = float(loss)
         if not math.isfinite(loss):
             raise Diverged(step, loss)
+        self.steps.append(step)
         self.losses.append(loss)
 
     def finish(self, result: Any, problem: Any) -> None:
@@ -202,8 +204,8 @@ def hydra_overrides() -> str:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=launch_dir(), capture_output=True, text=True, timeout=5
+        out = subprocess.run(  # the commit of the code that runs, wherever it was launched from
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -265,7 +267,11 @@ class MlflowTracker(Recorder):
             tags=tags,
         )
         self.run_id = self.run.info.run_id
-        mlflow.log_params(flatten(self.cfg))
+        try:
+            _retry_locked(mlflow.log_params, flatten(self.cfg))
+        except Exception as e:  # the run exists now: it must not stay RUNNING
+            mlflow.end_run(status="FAILED")
+            raise TrackingError(f"cannot write to the MLflow store: {str(e).splitlines()[0][:300]}") from None
         return self
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
@@ -329,7 +335,7 @@ class MlflowTracker(Recorder):
         mlflow.log_text(resolved_yaml(self.cfg, resolve=False), "config_source.yaml")
         if problem.repeats is not None:
             mlflow.log_text(json.dumps(problem.repeats.tolist()), "repeat_schedule.json")
-        mlflow.log_figure(loss_curve(self.losses, self.cfg), "loss_curve.png")
+        mlflow.log_figure(loss_curve(self.steps, self.losses, self.cfg), "loss_curve.png")
         self.log_weights(result)
 
     def log_weights(self, result: Any) -> None:
@@ -370,13 +376,13 @@ def _retry_locked(write: Any, *args: Any, attempts: int = 6, **kwargs: Any) -> N
             time.sleep(0.2 * 2**i)
 
 
-def loss_curve(losses: list[float], cfg: DictConfig) -> Any:
+def loss_curve(steps: list[int], losses: list[float], cfg: DictConfig) -> Any:
     """The run's train/loss on a log scale (a bare Figure: no pyplot state, no GUI backend)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 4), dpi=80)
     ax = fig.add_subplot()
-    ax.plot(range(len(losses)), losses)
+    ax.plot(steps, losses)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("train/loss")
