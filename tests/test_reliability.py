@@ -38,6 +38,7 @@ BAD_INPUTS = [
     (["seed=abc"], "seed"),
     (["logger.flush_every=0"], "logger.flush_every"),
     (["loss.reduction=none"], "loss.reduction"),
+    (["trainer.precision=64-true"], "data.dtype=float64"),
     (["trainer.num_nodes=0"], "trainer.num_nodes"),
     (["trainer.log_every_n_steps=abc"], "trainer.log_every_n_steps"),
     (["trainer.progress_bar=maybe"], "trainer.progress_bar"),

@@ -68,6 +68,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.momentum={momentum!r} is invalid: expected a number in [0, 1)")
     _choice(cfg, "trainer.accelerator", ACCELERATORS)
     _choice(cfg, "trainer.precision", PRECISIONS)
+    if str(cfg.trainer.precision).startswith("64") and cfg.data.dtype != "float64":
+        raise ConfigError(f"trainer.precision={cfg.trainer.precision} needs data.dtype=float64 (got {cfg.data.dtype})")
     devices = cfg.trainer.get("devices", 1)
     if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
         raise ConfigError(f"trainer.devices={devices!r} is invalid: expected an integer >= 1 or auto")

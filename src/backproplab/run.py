@@ -69,6 +69,8 @@ def train(cfg: DictConfig) -> float:
     validate(cfg)
     with open_dict(cfg):
         cfg.trainer.checkpoint_dir = checkpoint_dir(cfg)
+        if cfg.data.dtype == "float64" and str(cfg.trainer.precision) in ("32-true", "32"):
+            cfg.trainer.precision = "64-true"  # float64 data trains in float64: the record says so
     with make_tracker(cfg) as rec:  # opened before the heavy imports: a bad store fails in seconds
         train_fn = get_train(cfg.trainer.name)  # the trainer's own imports (torch, TF, ...) happen here
         problem = make_problem(cfg)
