@@ -223,3 +223,5 @@ def test_no_secrets_in_the_record() -> None:
     cfg = OmegaConf.create({"logger": {"name": "mlflow", "tracking_uri": uri}, "seed": 0})
     assert "s3cr3t" not in str(flatten(cfg)) and "abc123" not in str(flatten(cfg))
     assert "s3cr3t" not in resolved_yaml(cfg)
+    assert mask_secrets("https://ghp_abc123@host/x") == "https://***@host/x"
+    assert mask_secrets("http://127.0.0.1:5000") == "http://127.0.0.1:5000"

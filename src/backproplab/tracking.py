@@ -67,8 +67,10 @@ class Recorder:
 
 
 def mask_secrets(uri: str) -> str:
-    """``http://user:password@host`` -> ``http://user:***@host`` (also tokens in a query string)."""
+    """``http://user:password@host`` -> ``http://user:***@host``; ``https://TOKEN@host`` -> ``https://***@host``;
+    also tokens in a query string."""
     uri = re.sub(r"//([^/:@]+):([^/@]+)@", r"//\1:***@", uri)
+    uri = re.sub(r"//([^/:@*]+)@", r"//***@", uri)  # a bare token as the user part
     return re.sub(r"(?i)((?:token|password|secret|key)=)[^&]+", r"\1***", uri)
 
 
