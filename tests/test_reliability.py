@@ -189,7 +189,9 @@ def test_rerun_reproduces_the_curve_and_takes_overrides(ws: Workspace) -> None:
     (first,) = ws.runs()
     ws.train(f"+rerun={first.info.run_id}")
     ws.train(f"+rerun={first.info.run_id}", "optim.lr=1e-3")
-    _, same, changed = ws.runs()
+    refused = ws.train(f"+rerun={first.info.run_id}", "+optim.nosuchkey=1", check=False)
+    assert_clean_failure(ws, refused, "optim.nosuchkey")
+    _, same, changed = ws.runs()[:3]
     assert same.data.params["model.name"] == "dynamic" and same.data.params["seed"] == "3"
     assert ws.losses(same.info.run_id) == ws.losses(first.info.run_id)
     assert changed.data.params["optim.lr"] == "0.001"

@@ -13,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from backproplab.config import ConfigError
 from backproplab.tracking import open_store
 
+_ABSENT = object()
+
 
 def rerun_config(cfg: DictConfig) -> DictConfig:
     from hydra.core.hydra_config import HydraConfig
@@ -33,11 +35,12 @@ def rerun_config(cfg: DictConfig) -> DictConfig:
         key, _, value = item.lstrip("+~").partition("=")
         if key == "rerun" or key.startswith("logger"):
             continue
-        if key not in original or isinstance(OmegaConf.select(original, key), DictConfig):
-            if "." not in key:
-                raise ConfigError(
-                    f"{item}: a rerun takes key overrides (e.g. optim.lr=1e-3), not config groups or new keys"
-                )
+        recorded = OmegaConf.select(original, key, default=_ABSENT)
+        if recorded is _ABSENT or isinstance(recorded, DictConfig):
+            raise ConfigError(
+                f"{item}: a rerun takes overrides of the recorded run's keys (e.g. optim.lr=1e-3), "
+                "not config groups or new keys"
+            )
         dotlist.append(f"{key}={value}")
     merged = OmegaConf.merge(original, OmegaConf.from_dotlist(dotlist))
     merged.logger = cfg.logger  # record where this command records, not where the original did
