@@ -167,3 +167,9 @@ def test_a_sweep_stopped_by_its_first_failure_closes_its_parent(ws: Workspace) -
     (parent,) = [r for r in ws.runs() if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.status == "FAILED" and "stopped before all its jobs" in parent.data.tags["failure_reason"]
     assert all(r.info.status != "RUNNING" for r in ws.runs())
+
+
+def test_a_sweep_without_a_record_still_reports_failures(ws: Workspace) -> None:
+    proc = ws.train("-m", "logger=none", "trainer=numpy", "optim.lr=1e-4,10", "trainer.max_steps=50", check=False)
+    assert proc.returncode != 0 and "sweep done: 1 failed" in proc.stdout
+    assert not (ws.path / "mlruns").exists()

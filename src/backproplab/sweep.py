@@ -57,7 +57,21 @@ class MlflowSweepCallback(Callback):
             client.set_tag(self.parent_id, "failure_reason", reason)
             client.set_terminated(self.parent_id, "FAILED")
 
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        """With logger=none there is no record to count failures from: a failed job (run.main returns +inf)
+        leaves a FAILED marker in its output dir, read back by on_multirun_end."""
+        from hydra.core.utils import JobStatus
+
+        failed = job_return.status == JobStatus.FAILED or job_return.return_value == float("inf")
+        if config.logger.name == "none" and failed:
+            (Path(config.hydra.runtime.output_dir) / "FAILED").touch()
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.logger.name == "none":
+            failed = len(list(Path(config.hydra.sweep.dir).glob("*/FAILED")))
+            print(f"[backproplab] sweep done: {failed} failed (logger=none: no record)", flush=True)
+            if failed and config.get("fail_sweep_on_job_failure", True):
+                sys.exit(1)
         if config.logger.name != "mlflow" or not hasattr(self, "parent_id"):
             return
         self.ended = True
