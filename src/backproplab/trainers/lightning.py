@@ -7,7 +7,6 @@ module as buffers (moved to the device once); the "dataloader" only counts the s
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 import warnings
@@ -24,7 +23,7 @@ from omegaconf import DictConfig
 
 from backproplab.models import DynamicNet, export_weights, load_weights
 from backproplab.problem import Problem
-from backproplab.tracking import Diverged
+from backproplab.tracking import Recorder
 from backproplab.trainers import OnStep, Result
 
 # Lightning's start-up banners (GPU/TPU available, tips) add nothing to a run's log.
@@ -87,7 +86,7 @@ class StepReporter(L.Callback):
         self.on_step: OnStep | None = on_step
         self.grads0: dict[str, np.ndarray] = {}
         self.exception: BaseException | None = None
-        self.history: list[tuple[int, float]] = []
+        self.worker = Recorder()  # a spawned worker's curve (and NaN check) until it is sent back
         self.last = float("nan")
 
     def __getstate__(self) -> dict[str, Any]:
@@ -103,13 +102,12 @@ class StepReporter(L.Callback):
         if self.on_step is not None:
             self.on_step(step, loss)
         elif trainer.is_global_zero:
-            if not math.isfinite(loss):
-                raise Diverged(step, loss)
-            self.history.append((step, loss))
+            self.worker.on_step(step, loss)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.on_step is None and trainer.is_global_zero:
-            trainer.callback_metrics[HISTORY] = torch.tensor(self.history, dtype=torch.float64)
+            rows = list(zip(self.worker.steps, self.worker.losses, strict=True))
+            trainer.callback_metrics[HISTORY] = torch.tensor(rows, dtype=torch.float64)
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
         self.exception = exception
