@@ -93,7 +93,7 @@ def test_report_on_a_four_run_sweep(sweeps: dict[str, Sweep], tmp_path: Path) ->
     check_tables(ws, result.out_dir, parent)
     # the overrides that differ; optim.momentum (sgd only) follows from the optimizer, checkpoint dirs are places
     assert sorted(result.labels) == sorted(
-        f"model={m} optim={o}" for m in ("sequential", "custom") for o in ("sgd", "adam")
+        f"{m} {o}" for m in ("sequential", "custom") for o in ("sgd", "adam")
     )
     assert {a.path for a in ws.client().list_artifacts(parent, "report")} == ARTIFACTS
 
@@ -115,7 +115,7 @@ def test_a_sweep_over_optimizers_is_labelled_by_optimizer(sweeps: dict[str, Swee
     ws, parent = sweeps["optims"].ws, sweeps["optims"].parent
     result = make_report(ws.uri, "backproplab", None, tmp_path, log_artifacts=False)
     assert result.parent_run_id == parent and result.curves == 2
-    assert sorted(result.labels) == ["optim=adam", "optim=sgd"]
+    assert sorted(result.labels) == ["adam", "sgd"]
     check_tables(ws, tmp_path, parent)
     # the multirun itself already wrote its report (sweep callback, on_multirun_end) into the sweep dir
     # and onto the parent run
@@ -164,7 +164,7 @@ def test_a_failed_run_without_metrics_keeps_its_row(handmade: Sweep, tmp_path: P
     result = make_report(handmade.ws.uri, "backproplab", None, tmp_path)
     assert result.parent_run_id == handmade.parent  # the latest run that has children
     assert result.curves == 1  # the failed run has no history to draw
-    assert result.labels == ["optim.lr=1e-6", "optim.lr=1e9"]
+    assert result.labels == ["lr=1e-6", "lr=1e9"]
     ok, boom = result.rows
     assert ok["final_loss"] == 8.0 and ok["steps_per_s"] == pytest.approx(6.0)
     assert (boom["final_loss"], boom["steps_per_s"], boom["status"]) == (None, None, "FAILED")
@@ -187,7 +187,7 @@ def test_clear_one_line_errors(handmade: Sweep, tmp_path: Path, capsys: pytest.C
         assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
         return err
 
-    missing = tmp_path / "mlruns" / "mlflow.db"
+    missing = tmp_path / "mlflow.db"
     assert "no MLflow store" in error("--tracking-uri", f"sqlite:///{missing}")
     assert not missing.exists()  # a report never creates a store
     assert "no experiment named 'nope'" in error("--tracking-uri", uri, "--experiment", "nope")
@@ -204,9 +204,16 @@ def test_differing_labels_show_a_group_choice_then_what_was_swept_within_it() ->
         {"model.name": "sequential", "optim.name": "adam", "optim.lr": "0.1", "seed": "0"},
         {"model.name": "sequential", "optim.name": "adam", "optim.lr": "0.01", "seed": "0"},
     ]
-    assert differing_labels(params) == [
-        "optim=sgd optim.lr=0.1",
-        "optim=adam optim.lr=0.1",
-        "optim=adam optim.lr=0.01",
-    ]
+    assert differing_labels(params) == ["sgd lr=0.1", "adam lr=0.1", "adam lr=0.01"]
     assert differing_labels([{"a": "1"}]) == [""]  # nothing differs: make_report falls back to run names
+
+
+def test_runs_that_differ_by_preset_are_labelled_by_it_alone() -> None:
+    def preset(name: str, trainer: str, lr: str, dtype: str = "float32") -> dict[str, str]:
+        return {"preset": name, "trainer.name": trainer, "optim.lr": lr, "data.dtype": dtype, "model.bias": "false"}
+
+    params = [preset("numpy", "numpy", "1e-06", "float64"), preset("tensor", "tensor", "1e-06"),
+              preset("nn", "lightning", "0.0001"), preset("optim", "lightning", "0.0001")]
+    assert differing_labels(params) == ["numpy", "tensor", "nn", "optim"]
+    params += [{**preset("nn", "lightning", "0.001"), "optim.lr": "0.001"}]  # a key swept beside the presets
+    assert differing_labels(params)[-3:] == ["nn lr=0.0001", "optim lr=0.0001", "nn lr=0.001"]

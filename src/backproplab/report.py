@@ -2,7 +2,7 @@
 table (Markdown and CSV) of run, trainer, model, optim, lr, final loss, steps/s and status, all three logged
 as artifacts of the parent run under ``report/``.
 
-    python scripts/report.py                      # the latest sweep in ./mlruns/mlflow.db
+    python scripts/report.py                      # the latest sweep in ./mlflow.db
     python scripts/report.py --parent <run id> --out reports/mine
 
 The sweep callback calls :func:`make_report` after a multirun; :func:`main` is the command line.
@@ -28,6 +28,7 @@ GROUP_ORDER = ("trainer", "model", "optim", "loss", "data")
 # output dir) differ in every sweep: never a label
 IGNORED_PREFIXES = ("logger.",)
 LOCATION_SUFFIXES = ("_dir", "_path", "_file", "_uri")
+PRESET = "preset"  # the param an experiment preset sets (conf/experiment/*.yaml)
 COLUMNS = ("run", "trainer", "model", "optim", "lr", "final_loss", "steps_per_s", "status")
 DASHES = ("-", "--", "-.", ":")
 HEADERS = {"final_loss": "final loss", "steps_per_s": "steps/s", "failure_reason": "failure reason"}
@@ -130,11 +131,13 @@ def _determined_by(params: Sequence[dict[str, str]], key: str, by: str) -> bool:
 
 
 def differing_labels(params: Sequence[dict[str, str]]) -> list[str]:
-    """One label per run from the params whose values differ across the runs, e.g. ``model=dynamic optim=adam``.
+    """One short label per run, from the params whose values differ across the runs: ``adam lr=0.001``.
 
-    A group's choice shows as ``group=name``; keys that merely follow from that choice (``optim.momentum`` is
-    set for sgd, absent for adam) are left out, while a key swept within a group (``optim.lr``) stays. Where
-    a run writes (``*_dir``, ``*_path``, ``logger.*``) is never a label.
+    Runs that differ by experiment preset are labelled by it (``numpy``, ``optim``), and everything the preset
+    sets is left out. A config group's choice shows as its value (``adam``), and keys that merely follow from
+    that choice (``optim.momentum`` is set for sgd, absent for adam) are left out, while a key swept within a
+    group shows by its last part (``lr=0.001``). Where a run writes (``*_dir``, ``*_path``, ``logger.*``) is
+    never a label.
     """
     keys = sorted(set().union(*params)) if params else []
     differ = [
@@ -147,21 +150,27 @@ def differing_labels(params: Sequence[dict[str, str]]) -> list[str]:
     shown: list[str] = []
     for k in differ:
         group, _, leaf = k.partition(".")
-        if leaf != "name" and f"{group}.name" in differ and _determined_by(params, k, f"{group}.name"):
+        if k != PRESET and PRESET in differ and _determined_by(params, k, PRESET):
+            continue
+        if leaf and leaf != "name" and f"{group}.name" in differ and _determined_by(params, k, f"{group}.name"):
             continue
         shown.append(k)
 
     def order(k: str) -> tuple[int, str, bool, str]:
         group, _, leaf = k.partition(".")
-        # a group's choice first, then the keys swept within it: "optim=adam optim.lr=0.01"
-        return (GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER), group, leaf != "name", k)
+        # the preset, then each group's choice followed by the keys swept within it: "adam lr=0.01"
+        rank = -1 if k == PRESET else GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER)
+        return (rank, group, leaf != "name", k)
 
     shown.sort(key=order)
+    leaves = [k.rpartition(".")[2] for k in shown]
 
     def part(p: dict[str, str], k: str) -> str:
-        group, _, leaf = k.partition(".")
         value = p.get(k, "unset")
-        return f"{group}={value}" if leaf == "name" else f"{k}={value}"
+        if k == PRESET or k.endswith(".name"):
+            return value
+        leaf = k.rpartition(".")[2]
+        return f"{leaf if leaves.count(leaf) == 1 else k}={value}"
 
     return [" ".join(part(p, k) for k in shown) for p in params]
 
@@ -204,31 +213,41 @@ def _row(run: Any, losses: list[float]) -> dict[str, Any]:
 
 # -- writing -------------------------------------------------------------------------------------------------
 def _plot(curves: Iterable[tuple[str, list[int], list[float], bool]], title: str, path: Path) -> int:
-    """Draw every curve on one log-scale axis and save a PNG; returns the number of lines drawn."""
+    """Draw every curve on one log-scale axis and save a PNG; returns the number of lines drawn.
+
+    The legend sits outside the axes, one entry a line, and the figure grows with it, so that the plot keeps
+    its size whatever the number of runs; a long title wraps instead of being cut.
+    """
     # the object API on an explicit Agg canvas: no pyplot, no global backend switch inside a Hydra callback
+    import textwrap
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    curves = list(curves)
-    fig = Figure(figsize=(10, 5.5), layout="constrained")
+    curves = [c for c in curves if c[1]]
+    ncols = max(1, math.ceil(len(curves) / 30))
+    longest = max((len(c[0]) for c in curves), default=0) + 10  # + " [failed]"
+    legend_w = min(ncols * (0.6 + 0.075 * longest), 9.0)
+    height = max(5.0, 1.6 + 0.24 * math.ceil(len(curves) / ncols))
+    fig = Figure(figsize=(8 + legend_w, height), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for i, (label, steps, values, failed) in enumerate(curves):
         # a dash pattern per curve as well as a colour: runs with equal losses (sequential vs custom) overlap
         (line,) = ax.plot(steps, values, label=label + (" [failed]" if failed else ""), linestyle=DASHES[i % 4])
-        if failed:  # where it stopped
-            ax.plot(steps[-1:], values[-1:], marker="x", markersize=9, color=line.get_color())
+        if failed:  # where it stopped: its last finite step
+            ax.plot(steps[-1:], values[-1:], marker="x", markersize=9, mew=2, color=line.get_color())
     ax.set_yscale("log")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True, steps=[1, 2, 2.5, 5, 10]))
     ax.set_xlabel("step")
     ax.set_ylabel(LOSS_KEY)
-    ax.set_title(title)
+    ax.set_title("\n".join(textwrap.wrap(title, width=int(fig.get_figwidth() * 12))), fontsize="medium")
     ax.grid(True, which="both", alpha=0.3)
     n = sum(1 for line in ax.get_lines() if not line.get_label().startswith("_"))  # curves, not the x marks
     if n:
-        fig.legend(loc="outside right upper", fontsize="small", ncols=max(1, math.ceil(n / 30)))
-    fig.savefig(path, dpi=120)
+        fig.legend(loc="outside right upper", fontsize="small", ncols=ncols)
+    fig.savefig(path, dpi=100)
     return n
 
 
@@ -313,6 +332,9 @@ def make_report(
 
     histories = [_history(client, r.info.run_id) for r in children]
     rows = [_row(r, losses) for r, (_, losses) in zip(children, histories, strict=True)]
+    # best first, in the table and the legend; runs without a loss last
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["final_loss"] is None, rows[i]["final_loss"] or 0.0))
+    children, histories, rows = ([seq[i] for i in order] for seq in (children, histories, rows))
     labels = differing_labels([r.data.params for r in children])
     labels = [lab or r.info.run_name for lab, r in zip(labels, children, strict=True)]
     if len(set(labels)) < len(labels):  # identical configs (reruns): the short id tells them apart
@@ -350,14 +372,12 @@ def make_report(
 
 
 def _default_uri() -> str:
-    """The pipeline's own default store (``<launch dir>/mlruns/mlflow.db``), without creating it."""
+    """The pipeline's own default store (``MLFLOW_TRACKING_URI``, else ``<cwd>/mlflow.db``); the caller
+    checks that a sqlite one exists (a report only reads)."""
     from omegaconf import OmegaConf
 
-    from backproplab.tracking import launch_dir, store_location
+    from backproplab.tracking import store_location
 
-    db = (launch_dir() / "mlruns" / "mlflow.db").resolve()
-    if not db.exists():  # store_location would create the folder; a report only reads
-        raise ReportError(f"no MLflow store at {db} (run a sweep first, or pass --tracking-uri)")
     return store_location(OmegaConf.create({"tracking_uri": None}))[0]
 
 
@@ -366,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiment", default="backproplab", help="MLflow experiment name (default: %(default)s)")
     ap.add_argument("--parent", default="latest", help="parent run id of the sweep, or 'latest' (default)")
-    ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlruns/mlflow.db)")
+    ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
     ap.add_argument("--out", type=Path, help="output folder (default: ./reports/<parent run id>/)")
     ap.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
     args = ap.parse_args(argv)
