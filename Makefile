@@ -32,7 +32,7 @@ verify: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench.py $(ARGS)
 
-# The MLflow UI on this checkout's store (the one scripts/train.py writes by default).
+# MLflow's UI on the store scripts/train.py writes from here (./mlflow.db, artifacts in ./mlruns); it first
+# prints the address of the experiment's runs table.
 ui: $(STAMP)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
-		--default-artifact-root $(CURDIR)/mlruns --host 127.0.0.1 --port 5000
+	$(PY) scripts/ui.py $(ARGS)

@@ -20,9 +20,11 @@ FULL_PRECISIONS = ("64-true", "64", "32-true", "32")  # the hand-written trainer
 DTYPES = ("float32", "float64")
 INITS = ("default", "randn")
 NO_GPU = (
-    "trainer.accelerator=gpu was requested but no CUDA device is available; "
-    "use trainer.accelerator=cpu or auto"
+    "trainer.accelerator={} was requested but no CUDA device is available; use trainer.accelerator=cpu or auto"
 )
+
+
+CKPT_META = "backproplab"  # what a Lightning checkpoint records of its run: {"model": ..., "optim": ...}
 
 
 class ConfigError(ValueError):
@@ -84,6 +86,13 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"logger.flush_seconds={secs!r} is invalid: expected a number of seconds > 0")
     if "checkpoint_every" in cfg.trainer:
         _int(cfg, "trainer.checkpoint_every", 0)
+    if "keep_checkpoints" in cfg.trainer:
+        _int(cfg, "trainer.keep_checkpoints", 1)
+    factor = cfg.trainer.get("divergence_factor")
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 1):
+        raise ConfigError(
+            f"trainer.divergence_factor={factor!r} is invalid: expected a number > 1, or null to turn the check off"
+        )
     if cfg.get("ckpt_path"):
         if cfg.trainer.name != "lightning":
             raise ConfigError(f"ckpt_path is only supported by trainer=lightning (got trainer={cfg.trainer.name})")
@@ -94,16 +103,37 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _check_resume(cfg: DictConfig) -> None:
-    """A checkpoint at or past trainer.max_steps would train nothing (and record an empty run)."""
+    """A checkpoint must fit the configured model and optimizer, and leave steps to train: otherwise
+    Lightning fails after the run has opened (a traceback and a FAILED run), or records an empty run."""
     import torch
+    from hydra.utils import instantiate
 
+    where = f"ckpt_path={cfg.ckpt_path}"
     try:
-        step = int(torch.load(str(cfg.ckpt_path), map_location="cpu", weights_only=False)["global_step"])
+        ckpt = torch.load(str(cfg.ckpt_path), map_location="cpu", weights_only=False)
+        step, saved = int(ckpt["global_step"]), ckpt["state_dict"]
     except Exception as e:
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path} is not a Lightning checkpoint ({type(e).__name__})") from None
+        raise ConfigError(f"{where} is not a Lightning checkpoint ({type(e).__name__})") from None
+    wanted = {f"net.{k}": tuple(v.shape) for k, v in instantiate(cfg.model.net).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in saved.items()}
+    if wanted.keys() != found.keys():
+        raise ConfigError(
+            f"{where} holds another model's parameters ({', '.join(sorted(found)[:4])}), not those of "
+            f"model={cfg.model.name} with model.bias={cfg.model.bias} ({', '.join(sorted(wanted)[:4])})"
+        )
+    for key in sorted(wanted):
+        if wanted[key] != found[key]:
+            raise ConfigError(
+                f"{where} does not fit model={cfg.model.name} with model.hidden={cfg.model.hidden}: "
+                f"{key} is {list(found[key])} in the checkpoint, {list(wanted[key])} in the model"
+            )
+    meta = ckpt.get(CKPT_META, {})
+    for key in ("model", "optim"):
+        if meta.get(key, cfg[key].name) != cfg[key].name:
+            raise ConfigError(f"{where} was saved with {key}={meta[key]}, but this run has {key}={cfg[key].name}")
     if step >= cfg.trainer.max_steps:
         raise ConfigError(
-            f"ckpt_path={cfg.ckpt_path} is at step {step}, so trainer.max_steps={cfg.trainer.max_steps} leaves "
+            f"{where} is at step {step}, so trainer.max_steps={cfg.trainer.max_steps} leaves "
             f"nothing to train: raise trainer.max_steps above {step}"
         )
 
@@ -144,7 +174,7 @@ def check_support(cfg: DictConfig) -> None:
                 "which runs on the CPU only; use trainer.accelerator=cpu"
             )
         if not gpu_available(name):
-            raise ConfigError(NO_GPU)
+            raise ConfigError(NO_GPU.format(cfg.trainer.accelerator))
 
 
 def gpu_available(trainer: str) -> bool:

@@ -77,12 +77,12 @@ def train(cfg: DictConfig) -> float:
         t0 = time.perf_counter()
         result = train_fn(problem, cfg, rec.on_step)
         rec.finish(result, problem)
-    final = rec.losses[-1]
-    log.info(
-        "%s-%s-%s: %d steps, loss %.4g -> %.4g in %.2fs (loop %.3fs)%s",
-        cfg.trainer.name, cfg.model.name, cfg.optim.name, len(rec.losses), rec.losses[0], final,
-        time.perf_counter() - t0, result.loop_s, f", mlflow run {rec.run_id}" if rec.run_id else "",
-    )
+        final = rec.losses[-1]
+        log.info(  # before the record closes: its last line is the run page's address
+            "%s-%s-%s: %d steps, loss %.4g -> %.4g in %.2fs (loop %.3fs)%s",
+            cfg.trainer.name, cfg.model.name, cfg.optim.name, len(rec.losses), rec.losses[0], final,
+            time.perf_counter() - t0, result.loop_s, f", mlflow run {rec.run_id}" if rec.run_id else "",
+        )
     return final
 
 

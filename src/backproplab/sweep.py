@@ -16,6 +16,17 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
+def swept_keys(config: DictConfig) -> list[str]:
+    """The keys a multirun varies: its sweep overrides (``optim=sgd,adam``, ``optim.lr=range(...)``) and the
+    sweeper's own search space (``hydra.sweeper.params``, e.g. Optuna's)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
+    params = config.hydra.sweeper.get("params") or {}
+    return keys + [k for k in params if k not in keys]
+
+
 class MlflowSweepCallback(Callback):
     def _client(self, config: DictConfig) -> tuple[Any, str]:
         from backproplab.tracking import open_store
@@ -25,14 +36,19 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.logger.name != "mlflow":
             return
-        from backproplab.tracking import SWEEP_TAG, mask_secrets
+        from backproplab import names
+        from backproplab.tracking import SWEEP_TAG, SWEPT_TAG, mask_secrets
 
         client, exp_id = self._client(config)
         sweep = str(Path(config.hydra.sweep.dir).resolve())
-        overrides = mask_secrets(" ".join(config.hydra.overrides.task))
-        run = client.create_run(
-            exp_id, run_name=f"sweep {Path(sweep).name}", tags={SWEEP_TAG: sweep, "overrides": overrides}
-        )
+        overrides = [mask_secrets(o) for o in config.hydra.overrides.task]
+        tags = {
+            SWEEP_TAG: sweep,
+            SWEPT_TAG: " ".join(swept_keys(config)),
+            "overrides": " ".join(overrides),
+            "mlflow.note.content": names.command(overrides, multirun=True),
+        }
+        run = client.create_run(exp_id, run_name=names.sweep_name(overrides, f"sweep {Path(sweep).name}"), tags=tags)
         self.parent_id = run.info.run_id
         self.ended = False
         # A job that exits the process (continue_on_failure=false, Ctrl-C) skips on_multirun_end:

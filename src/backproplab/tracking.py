@@ -22,18 +22,22 @@ from urllib.parse import quote
 
 from omegaconf import DictConfig, OmegaConf
 
+from backproplab import names
+
+log = logging.getLogger("backproplab")
 EXPERIMENT_TAGS = {
     # MLflow 3's UI opens an experiment of this kind on its model-training view (runs, metric charts)
     "mlflow.experimentKind": "custom_model_development",
 }
 SWEEP_TAG = "backproplab.sweep_dir"  # on a multirun's parent run; jobs find their parent by it
+SWEPT_TAG = "backproplab.swept"  # on the parent: the keys the sweep varies, which the children's names show
 
 
 class Diverged(RuntimeError):
-    """The loss became NaN or inf."""
+    """The loss became NaN or inf, or grew past ``trainer.divergence_factor`` times the first step's loss."""
 
-    def __init__(self, step: int, value: float):
-        super().__init__(f"loss diverged at step {step}: train/loss={value}")
+    def __init__(self, step: int, value: float, why: str = ""):
+        super().__init__(f"loss diverged at step {step}: train/loss={value:.4g}{why}")
         self.step, self.value = step, value
 
 
@@ -42,12 +46,18 @@ class TrackingError(RuntimeError):
 
 
 class Recorder:
-    """Collects the loss of every step; the base of both trackers (``logger=none`` is this)."""
+    """Collects the loss of every step; the base of both trackers (``logger=none`` is this).
 
-    def __init__(self) -> None:
+    A step whose loss is NaN/inf, or above ``divergence_factor`` times the first step's loss, raises
+    :class:`Diverged` before it is kept: a run at lr=10 stops while its curve still means something, and the
+    experiment's chart is not flattened by a 1e37.
+    """
+
+    def __init__(self, divergence_factor: float | None = None) -> None:
         self.steps: list[int] = []  # not always 0..n-1: a resumed run starts at its checkpoint's step
         self.losses: list[float] = []
         self.run_id: str | None = None
+        self.divergence_factor = divergence_factor
 
     def __enter__(self) -> Recorder:
         return self
@@ -59,6 +69,11 @@ class Recorder:
         loss = float(loss)
         if not math.isfinite(loss):
             raise Diverged(step, loss)
+        factor = self.divergence_factor
+        if factor and self.losses and loss > factor * self.losses[0]:
+            raise Diverged(
+                step, loss, f" > trainer.divergence_factor={factor:g} x the first step's loss {self.losses[0]:.4g}"
+            )
         self.steps.append(step)
         self.losses.append(loss)
 
@@ -83,14 +98,29 @@ def launch_dir() -> Path:
     return Path.cwd()
 
 
+def chosen_uri(logger_cfg: DictConfig) -> str | None:
+    """The store the user chose (``logger.tracking_uri``, else ``MLFLOW_TRACKING_URI``), or None: the default."""
+    uri = logger_cfg.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    return str(uri) if uri else None
+
+
 def store_location(logger_cfg: DictConfig) -> tuple[str, str | None]:
-    """(tracking URI, artifact root for new experiments). The default is a sqlite store in
-    ``<launch dir>/mlruns/`` with artifacts beside it, both absolute."""
-    if logger_cfg.get("tracking_uri"):
-        return str(logger_cfg.tracking_uri), None
-    root = (launch_dir() / "mlruns").resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / 'mlflow.db'}", root.as_uri()
+    """(tracking URI, artifact root for new experiments).
+
+    ``logger.tracking_uri`` wins, then MLflow's own ``MLFLOW_TRACKING_URI``; the default is MLflow's default,
+    ``sqlite:///<launch dir>/mlflow.db``, so that ``mlflow ui``, ``mlflow runs list`` and ``runs:/`` URIs find
+    the runs from the launch directory with no flags. Artifacts go to ``<launch dir>/mlruns/``. Both absolute.
+    """
+    if uri := chosen_uri(logger_cfg):
+        return uri, None
+    here = launch_dir().resolve()
+    db, old = here / "mlflow.db", here / "mlruns" / "mlflow.db"
+    if old.is_file() and not db.exists():
+        log.warning(
+            "this run records in %s (MLflow's default store); the runs of %s stay there: to keep using that "
+            "store, run with logger.tracking_uri=sqlite:///%s", db, old, old,
+        )
+    return f"sqlite:///{db}", (here / "mlruns").as_uri()
 
 
 def open_store(logger_cfg: DictConfig) -> tuple[Any, str]:
@@ -196,12 +226,13 @@ def resolved_yaml(cfg: DictConfig, resolve: bool = True) -> str:
     return OmegaConf.to_yaml(resolved)
 
 
-def hydra_overrides() -> str:
+def hydra_overrides() -> list[str]:
+    """This job's overrides as typed (a sweep job: its own values), secrets masked."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
-        return ""
-    return mask_secrets(" ".join(HydraConfig.get().overrides.task))
+        return []
+    return [mask_secrets(o) for o in HydraConfig.get().overrides.task]
 
 
 def git_commit() -> str | None:
@@ -224,18 +255,19 @@ def sweep_dir() -> str | None:
     return None
 
 
-def find_parent_run(client: Any, experiment_id: str, sweep: str) -> str | None:
+def find_parent_run(client: Any, experiment_id: str, sweep: str) -> Any:
+    """The multirun's parent run (created by the sweep callback), or None."""
     runs = client.search_runs(
         [experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}'", max_results=1
     )
-    return runs[0].info.run_id if runs else None
+    return runs[0] if runs else None
 
 
 class MlflowTracker(Recorder):
     """One MLflow run: opened on enter, closed with the right status on exit."""
 
     def __init__(self, cfg: DictConfig):
-        super().__init__()
+        super().__init__(cfg.trainer.get("divergence_factor"))
         self.cfg = cfg
         self.flush_every = int(cfg.logger.get("flush_every", 1000))
         self.flush_seconds = float(cfg.logger.get("flush_seconds", 5.0))
@@ -248,24 +280,37 @@ class MlflowTracker(Recorder):
         import mlflow
 
         self.client, exp_id = open_store(self.cfg.logger)
+        self.experiment_id = exp_id
+        user_uri = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.client.tracking_uri)
+        # MLflow also exports the URI to the environment; the next job of an in-process sweep must still see
+        # the user's own setting (or none), not this job's store
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        if user_uri is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = user_uri
         c = self.cfg
+        overrides = hydra_overrides()
         tags = {
             "trainer": c.trainer.name,
             "model": c.model.name,
             "optim": c.optim.name,
             "loss": c.loss.name,
-            "overrides": hydra_overrides(),
+            "overrides": " ".join(overrides),
+            # the run's description in the UI: the command that makes it again
+            "mlflow.note.content": names.command(overrides),
         }
+        if c.get("preset"):
+            tags["preset"] = c.preset
         if commit := git_commit():
             tags["mlflow.source.git.commit"] = commit
         parent = None
         if sweep := sweep_dir():
             parent = find_parent_run(self.client, exp_id, sweep)
+        swept = parent.data.tags.get(SWEPT_TAG, "").split() if parent else []
         self.run = mlflow.start_run(
             experiment_id=exp_id,
-            run_name=f"{c.trainer.name}-{c.model.name}-{c.optim.name}",
-            parent_run_id=parent,
+            run_name=names.run_name(c, overrides, swept),
+            parent_run_id=parent.info.run_id if parent else None,
             tags=tags,
         )
         self.run_id = self.run.info.run_id
@@ -293,6 +338,9 @@ class MlflowTracker(Recorder):
                 status = "FAILED"
                 mlflow.set_tag("failure_reason", str(exc)[:5000] or exc_type.__name__)
             mlflow.end_run(status=status)
+            page = names.run_page(self.client.tracking_uri, self.experiment_id, self.run_id,
+                                  default_store=chosen_uri(self.cfg.logger) is None)
+            log.info("%s run %s: %s", status, self.run.info.run_name, page)
         return False
 
     # -- per step --------------------------------------------------------------------------------
@@ -409,4 +457,6 @@ def record_refusal(cfg: DictConfig, error: Exception) -> None:
 
 
 def make_tracker(cfg: DictConfig) -> Recorder:
-    return MlflowTracker(cfg) if cfg.logger.name == "mlflow" and is_rank_zero() else Recorder()
+    if cfg.logger.name == "mlflow" and is_rank_zero():
+        return MlflowTracker(cfg)
+    return Recorder(cfg.trainer.get("divergence_factor"))

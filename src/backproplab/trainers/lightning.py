@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from omegaconf import DictConfig
 
+from backproplab.config import CKPT_META
 from backproplab.models import DynamicNet, export_weights, load_weights
 from backproplab.problem import Problem
 from backproplab.tracking import Recorder
@@ -44,8 +45,11 @@ class TutorialModule(L.LightningModule):
     Lightning's automatic optimization, which costs about as much per step as this whole tiny step.
     """
 
-    def __init__(self, net: torch.nn.Module, criterion: torch.nn.Module, optimizer: Any, problem: Problem):
+    def __init__(
+        self, net: torch.nn.Module, criterion: torch.nn.Module, optimizer: Any, problem: Problem, meta: dict
+    ):
         super().__init__()
+        self.meta = meta  # saved in checkpoints, so that a resume with another model or optimizer is refused
         self.automatic_optimization = False
         self.net, self.criterion, self.optimizer = net, criterion, optimizer
         self.register_buffer("x", torch.from_numpy(problem.x), persistent=False)
@@ -68,6 +72,9 @@ class TutorialModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer(self.parameters())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CKPT_META] = self.meta
 
 
 HISTORY = "backproplab/loss_history"  # (step, loss) rows, sent back from spawned DDP workers
@@ -128,6 +135,10 @@ class LossBar(TQDMProgressBar):
     def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
         return {**super().get_metrics(trainer, module), "loss": f"{self.reporter.last:.4g}"}
 
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        super().on_train_epoch_start(trainer, *_)
+        self.train_progress_bar.set_description("train")  # training is counted in steps; there is one "epoch"
+
 
 class Steps:
     """The "dataloader": one empty batch per step, since the full batch lives in the module.
@@ -151,7 +162,8 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
     torch.manual_seed(cfg.seed)
     dtype = torch.float64 if problem.dtype == np.float64 else torch.float32
     net = load_weights(instantiate(cfg.model.net).to(dtype), problem.weights)
-    module = TutorialModule(net, instantiate(cfg.loss.criterion), instantiate(cfg.optim.optimizer), problem)
+    meta = {"model": cfg.model.name, "optim": cfg.optim.name}
+    module = TutorialModule(net, instantiate(cfg.loss.criterion), instantiate(cfg.optim.optimizer), problem, meta)
     reporter = StepReporter(on_step)
     t = cfg.trainer
     callbacks: list[L.Callback] = [reporter]
@@ -163,11 +175,15 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
         callbacks.append(
             ModelCheckpoint(
                 dirpath=t.checkpoint_dir,
-                # no "=" in the name: it would need quoting in a Hydra override (ckpt_path=...)
+                # one rolling last.ckpt; keep_checkpoints=N also keeps the N-1 latest steps. "step" is one of
+                # Lightning's own monitor candidates; no "=" in the name (it would need quoting in ckpt_path=...)
+                save_last=True,
+                monitor="step",
+                mode="max",
+                save_top_k=t.get("keep_checkpoints", 1) - 1,
                 filename="step_{step:06d}",
                 auto_insert_metric_name=False,
                 every_n_train_steps=t.checkpoint_every,
-                save_top_k=-1,
             )
         )
     trainer = L.Trainer(
