@@ -1,7 +1,9 @@
 """Shared test helpers: the real CLI in a subprocess, and a fresh MlflowClient on the run's store.
 
-Every CLI test launches from its own tmp dir, so the default store (<launch dir>/mlruns/mlflow.db) is
-private to the test and is exactly the path a user gets.
+Every CLI test launches from its own tmp dir, so the default store (<launch dir>/mlflow.db, artifacts in
+<launch dir>/mlruns/) is private to the test and is exactly the path a user gets. MLflow's own variables
+are removed from the environment of every test process: a developer's MLFLOW_TRACKING_URI must not
+redirect the tests' runs.
 """
 
 from __future__ import annotations
@@ -23,17 +25,23 @@ def gpu_available() -> bool:
     return torch.cuda.is_available()
 
 
+def clean_env() -> dict[str, str]:
+    """This environment without MLflow's variables (MLFLOW_TRACKING_URI, credentials, ...)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+
+
 class Workspace:
     """A launch dir with its own MLflow store."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.uri = f"sqlite:///{path / 'mlruns' / 'mlflow.db'}"
+        self.db = path / "mlflow.db"
+        self.uri = f"sqlite:///{self.db}"
 
     def train(self, *overrides: str, check: bool = True, timeout: float = 600, env: dict | None = None):
         """Run scripts/train.py with Hydra overrides; returns the CompletedProcess (text)."""
         cmd = [sys.executable, str(TRAIN), *overrides]
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env = {**clean_env(), "PYTHONUNBUFFERED": "1", **(env or {})}
         proc = subprocess.run(
             cmd, cwd=self.path, capture_output=True, text=True, timeout=timeout, env=full_env
         )
@@ -51,7 +59,14 @@ class Workspace:
         return MlflowClient(self.uri)
 
     def runs(self, experiment: str = "backproplab", children_only: bool = False):
-        client = self.client()
+        return self.runs_at(self.uri, experiment, children_only)
+
+    @staticmethod
+    def runs_at(uri: str, experiment: str = "backproplab", children_only: bool = False):
+        """The runs of ``experiment`` in any store, oldest first."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             return []

@@ -65,7 +65,7 @@ def test_single_run_record_is_complete(ws: Workspace) -> None:
     assert run.data.metrics["final_loss"] == ws.losses(run.info.run_id)[-1]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "loss_curve.png"} <= artifacts
-    assert (ws.path / "mlruns").is_dir() and not (ws.path / "mlflow.db").exists()
+    assert ws.db.is_file() and (ws.path / "mlruns" / "backproplab").is_dir()  # MLflow's default store, here
 
 
 def test_logged_dynamic_model_loads_and_still_varies_its_depth(sweep: Workspace) -> None:
@@ -105,12 +105,12 @@ def test_tracking_uri_and_experiment_name_override(ws: Workspace, tmp_path_facto
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("mine")
     assert len(client.search_runs([exp.experiment_id])) == 1
-    assert not (ws.path / "mlruns" / "mlflow.db").exists()
+    assert not ws.db.exists()
 
 
 def test_logger_none_records_nothing(ws: Workspace) -> None:
     proc = ws.train("trainer.max_steps=5", "logger=none")
-    assert not (ws.path / "mlruns").exists()
+    assert not (ws.path / "mlruns").exists() and not ws.db.exists()
     assert "5 steps" in proc.stderr + proc.stdout
 
 

@@ -155,7 +155,7 @@ def test_runs_logged_to_a_real_tracking_server(ws: Workspace, mlflow_server: str
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")  # through the server's artifact proxy
     assert type(model).__name__ == "DynamicNet"
-    assert not (ws.path / "mlruns").exists()  # nothing went to the local default store
+    assert not (ws.path / "mlruns").exists() and not ws.db.exists()  # nothing went to the local default store
 
 
 def test_a_sweep_stopped_by_its_first_failure_closes_its_parent(ws: Workspace) -> None:
@@ -172,4 +172,4 @@ def test_a_sweep_stopped_by_its_first_failure_closes_its_parent(ws: Workspace) -
 def test_a_sweep_without_a_record_still_reports_failures(ws: Workspace) -> None:
     proc = ws.train("-m", "logger=none", "trainer=numpy", "optim.lr=1e-4,10", "trainer.max_steps=50", check=False)
     assert proc.returncode != 0 and "sweep done: 1 failed" in proc.stdout
-    assert not (ws.path / "mlruns").exists()
+    assert not (ws.path / "mlruns").exists() and not ws.db.exists()
