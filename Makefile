@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test lint ui verify bench examples
+.PHONY: train test lint ui verify bench examples gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,3 +36,8 @@ bench: $(STAMP)
 # prints the address of the experiment's runs table.
 ui: $(STAMP)
 	$(PY) scripts/ui.py $(ARGS)
+
+# Everything a GPU can show in one run (<= 5 min, --budget 280): a Markdown table, also in gpu-check.md.
+# No venv: it uses the node's own CUDA torch and puts src/ on PYTHONPATH itself. Exits 0 without CUDA.
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py $(ARGS)
