@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TRAIN, Workspace, clean_env
+from conftest import REPO, TRAIN, Workspace, clean_env, gpu_available
 
 PYTHON_CHECK = """
 import mlflow, torch
@@ -185,3 +185,15 @@ def test_a_checkpoint_of_another_model_or_optimizer_is_refused(ws: Workspace) ->
         assert len(errors) == 1 and "ckpt_path=" in errors[0] and needle in errors[0], proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
     assert len(ws.runs()) == 1  # no run was opened for any of them
+
+
+def test_the_progress_bar_counts_training_steps(ws: Workspace) -> None:
+    proc = ws.train("trainer.progress_bar=true", "trainer.max_steps=5", "logger=none")
+    out = proc.stdout + proc.stderr
+    assert "train: 100%" in out and "5/5" in out and "Epoch" not in out
+
+
+@pytest.mark.skipif(gpu_available(), reason="a GPU exists")
+def test_an_error_names_the_value_typed(ws: Workspace) -> None:
+    proc = ws.train("trainer.accelerator=cuda", check=False)
+    assert proc.returncode == 2 and "error: trainer.accelerator=cuda was requested" in proc.stderr

@@ -135,9 +135,15 @@ class LossBar(TQDMProgressBar):
     def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
         return {**super().get_metrics(trainer, module), "loss": f"{self.reporter.last:.4g}"}
 
+    # training is counted in steps (the whole run is one Lightning "epoch"): the bar says "train", not "Epoch 0"
+    @property
+    def train_description(self) -> str:
+        return "train"
+
     def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
-        super().on_train_epoch_start(trainer, *_)
-        self.train_progress_bar.set_description("train")  # training is counted in steps; there is one "epoch"
+        bar = self.train_progress_bar
+        bar.reset(total=self.total_train_batches)
+        bar.initial = 0
 
 
 class Steps:
