@@ -80,6 +80,17 @@ class Workspace:
         return [m.value for m in sorted(history, key=lambda m: m.step)]
 
 
+@pytest.fixture(autouse=True)
+def _no_mlflow_environment(monkeypatch: pytest.MonkeyPatch):
+    """No test sees MLflow's variables, and none leaks one: ``mlflow.set_tracking_uri`` in a test exports
+    MLFLOW_TRACKING_URI, which every later subprocess (and the pipeline, which honours it) would inherit."""
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        monkeypatch.delenv(key)
+    yield
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        del os.environ[key]
+
+
 @pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path)
