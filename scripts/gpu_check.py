@@ -258,10 +258,10 @@ def benchmark(check: Check, n: int = BENCH_N, device: str = "cuda") -> None:
 def training_runs() -> list[tuple[str, list[str], str | None]]:
     """(name, overrides, skip reason): every trainer in the registry, then the README's GPU commands."""
     sys.path.insert(0, str(SRC))
-    from backproplab.trainers import TRAINERS
+    from backproplab.trainers import registry
 
-    runs = [(f"trainer={name}", [f"trainer={name}"], None if spec.gpu else "CPU-only trainer")
-            for name, spec in TRAINERS.items()]
+    runs = [(f"trainer={name}", [f"trainer={name}"], None if "gpu" in spec.devices else "CPU-only trainer")
+            for name, spec in registry.trainers().items()]
     for overrides in (["trainer=lightning", "model=dynamic", "optim=sgd_momentum"],
                       ["trainer=lightning", "trainer.precision=bf16-mixed"]):
         runs.append((" ".join(overrides), overrides, None))
@@ -271,7 +271,7 @@ def training_runs() -> list[tuple[str, list[str], str | None]]:
 def train_cli(overrides: list[str], workdir: Path, check: Check) -> tuple[str, str]:
     """One run of scripts/train.py on CUDA, launched from its own dir (Hydra's outputs/ land there)."""
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), *overrides, ACCELERATOR, "logger=none",
-           f"trainer.max_steps={STEPS}", "trainer.progress_bar=false"]
+           f"trainer.max_steps={STEPS}"]  # no terminal: no progress bar
     timeout = check.timeout(RUN_TIMEOUT_S)
     # HYDRA_FULL_ERROR: the last line of stderr is then the error itself, not Hydra's hint to set it
     rc, out, err = run_process(cmd, Path(tempfile.mkdtemp(dir=workdir)), timeout, HYDRA_FULL_ERROR="1")

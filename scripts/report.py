@@ -7,7 +7,7 @@
 
 import sys
 
-from backproplab.report import main
+from backproplab.tracking.report import main
 
 if __name__ == "__main__":
     sys.exit(main())

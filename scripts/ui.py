@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 
-from backproplab.ui import runs_table_address, store
+from backproplab.tracking.ui import runs_table_address, store
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(prog="ui.py", description=__doc__.split("\n\n")[0])

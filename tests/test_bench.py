@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from backproplab.trainers import registry
+
 BENCH = REPO / "scripts" / "bench.py"
-TRAINERS = ("numpy", "tensor", "autograd", "function", "tensorflow", "lightning")
+TRAINERS = tuple(registry.trainers())
 
 
 def positive(x: object) -> bool:

@@ -221,7 +221,8 @@ def test_four_processes_write_to_one_fresh_store(ws: Workspace) -> None:
 def test_no_secrets_in_the_record() -> None:
     from omegaconf import OmegaConf
 
-    from backproplab.tracking import flatten, mask_secrets, resolved_yaml
+    from backproplab.runtime import mask_secrets
+    from backproplab.tracking.run import flatten, resolved_yaml
 
     uri = "https://alice:s3cr3t@mlflow.example.org:5000/?token=abc123"
     assert "s3cr3t" not in mask_secrets(uri) and "abc123" not in mask_secrets(uri)

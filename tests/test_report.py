@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, Workspace
 
-from backproplab.report import ReportResult, differing_labels, main, make_report
+from backproplab.tracking.report import ReportResult, differing_labels, main, make_report
 
 REPORT = REPO / "scripts" / "report.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -11,10 +11,11 @@ import pytest
 from conftest import REPO, Workspace, gpu_available
 
 from backproplab.problem import make_problem
-from backproplab.tracking import Diverged, Recorder
-from backproplab.trainers import TRAINERS, get_train
+from backproplab.steps import Diverged, Recorder
+from backproplab.trainers import registry
 
-HAND = ("numpy", "tensor", "autograd", "function", "tensorflow")
+# the trainers with a loop written by hand: plain SGD, no checkpoints (lightning is the other kind)
+HAND = [t.name for t in registry.trainers().values() if not t.checkpoints]
 TORCH_GPU = ("tensor", "autograd", "function", "lightning")
 
 
@@ -34,7 +35,7 @@ def compose_cfg(*overrides: str):
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(
-            config_name="config", overrides=["logger=none", "trainer.progress_bar=false", *overrides]
+            config_name="config", overrides=["logger=none", *overrides]
         )
 
 
@@ -48,7 +49,7 @@ def train(trainer: str, overrides: list[str], problem=None):
     cfg = compose_cfg(f"trainer={trainer}", *overrides)
     problem = problem if problem is not None else make_problem(cfg)
     rec = Recorder()
-    result = get_train(trainer)(problem, cfg, rec.on_step)
+    result = registry.get_train(trainer)(problem, cfg, rec.on_step)
     return rec.losses, result, problem
 
 
@@ -66,7 +67,7 @@ def test_hand_trainers_match_autograd(model: str, bias: str, loss: str) -> None:
     ref_losses, ref, problem = train("autograd", overrides)
     assert min(ref_losses) < ref_losses[0]  # it learns (the dynamic net's depth varies from step to step)
     for trainer in HAND:
-        if model not in TRAINERS[trainer].models:
+        if not registry.spec(trainer).supports("model", model):
             continue
         weights_before = {k: w.copy() for k, w in problem.weights.items()}
         losses, result, _ = train(trainer, overrides, problem)
@@ -128,7 +129,9 @@ def test_tensorflow_dynamic_is_refused_with_one_line(ws: Workspace) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: model=dynamic is not supported by trainer=tensorflow")
-    assert "trainers that support it: lightning, numpy, tensor, autograd, function" in lines[0]
+    able = lines[0].split("trainers that support it: ")[1].split(", ")
+    assert sorted(able) == sorted(t.name for t in registry.trainers().values() if t.supports("model", "dynamic"))
+    assert "tensorflow" not in able and {"numpy", "lightning"} <= set(able)
     assert not ws.runs()  # refused before any work: no MLflow run
 
 

@@ -133,11 +133,18 @@ def load() -> float:
 
 
 def compose_cfg(*overrides: str) -> Any:
-    """A config composed like scripts/train.py's, through Hydra's compose API."""
+    """A config composed like scripts/train.py's, through Hydra's compose API. A progress bar (only trainers
+    that draw one have the key) is off unless an override asks for it: a bar costs time and clutters a log."""
     from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
 
+    bar = [o for o in overrides if o.startswith("trainer.progress_bar=")]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        cfg = compose(config_name="config", overrides=[o for o in overrides if o not in bar])
+    with open_dict(cfg):
+        if "progress_bar" in cfg.trainer:
+            cfg.trainer.progress_bar = bool(bar) and bar[-1].endswith("=true")
+    return cfg
 
 
 def find_seed_dir(explicit: str | None) -> Path | None:
@@ -416,8 +423,8 @@ def chdir(path: Path) -> Iterator[None]:
 
 def run_trainer(name: str, problem: Any, cfg: Any, silence: bool = False) -> dict[str, Any]:
     """One call of the trainer as run.train makes it with logger=none (a Recorder's on_step)."""
-    from backproplab.tracking import Recorder
-    from backproplab.trainers import get_train
+    from backproplab.steps import Recorder
+    from backproplab.trainers.registry import get_train
 
     train = get_train(name)
     rec = Recorder()
@@ -433,7 +440,7 @@ def bench_trainers(s: Settings, names: Sequence[str]) -> dict[str, Any]:
     Lightning is also run with its progress bar on (output to /dev/null) to show what the bar costs.
     """
     from backproplab.problem import make_problem
-    from backproplab.trainers import get_train
+    from backproplab.trainers.registry import get_train
 
     out: dict[str, Any] = {}
     for name in names:
@@ -492,8 +499,8 @@ def timed_mlflow_run(cfg: Any, problem: Any) -> dict[str, float]:
     """run.train's body with logger=mlflow, timed in phases: the tracker's __enter__ (store, run start, tags,
     params), the training call (its Result.loop_s includes the per-step logging), finish (final metrics,
     config, curve, weights or model) and __exit__ (flush, end_run)."""
-    from backproplab.tracking import MlflowTracker
-    from backproplab.trainers import get_train
+    from backproplab.tracking.run import MlflowTracker
+    from backproplab.trainers.registry import get_train
 
     train = get_train(cfg.trainer.name)  # the trainer's own imports are not MLflow's cost
     t0 = time.perf_counter()
@@ -600,7 +607,7 @@ def bench_mlflow_fixed(s: Settings, tmp: Path) -> dict[str, Any]:
 
 def _child_fixed(tmp: str, steps: str, *experiments: str) -> dict[str, Any]:
     """In a fresh process: MLflow runs one after another, each timed in phases and broken down by call."""
-    import backproplab.tracking as tracking
+    import backproplab.tracking.run as tracking
     from backproplab.problem import make_problem
 
     # a sweep job also looks up its parent run (find_parent_run); pretend to be one, so that its cost counts
@@ -779,7 +786,7 @@ class StepClock:
     trainer's set-up (tensors, a Lightning Trainer) and of the first step's warm-up."""
 
     def __init__(self) -> None:
-        from backproplab.tracking import Recorder
+        from backproplab.steps import Recorder
 
         self.recorder = Recorder()
         self.stamps: list[float] = []
@@ -799,7 +806,7 @@ def chain_run(x: Any, w1: Any, w2: Any, g: Any, steps: int) -> list[float]:
 
 def trainer_run(name: str, cfg: Any, problem: Any, steps: int) -> list[float]:
     """Steady-state step times of one trainer call."""
-    from backproplab.trainers import get_train
+    from backproplab.trainers.registry import get_train
 
     cfg.trainer.max_steps = steps
     clock = StepClock()
@@ -1123,7 +1130,7 @@ def log_to_mlflow(results: dict[str, Any], json_path: Path, md_path: Path, track
     as artifacts. The store is the pipeline's (<cwd>/mlruns/mlflow.db unless --tracking-uri says)."""
     from omegaconf import OmegaConf
 
-    from backproplab.tracking import open_store
+    from backproplab.tracking.store import open_store
 
     client, exp_id = open_store(OmegaConf.create({"tracking_uri": tracking_uri, "experiment_name": "benchmarks"}))
     run = client.create_run(exp_id, run_name=f"bench {results['meta']['mode']}",

@@ -12,19 +12,16 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from backproplab.trainers import TRAINERS
+from backproplab.steps import CKPT_META
+from backproplab.trainers import registry
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
-FULL_PRECISIONS = ("64-true", "64", "32-true", "32")  # the hand-written trainers compute in data.dtype
 DTYPES = ("float32", "float64")
 INITS = ("default", "randn")
 NO_GPU = (
     "trainer.accelerator={} was requested but no CUDA device is available; use trainer.accelerator=cpu or auto"
 )
-
-
-CKPT_META = "backproplab"  # what a Lightning checkpoint records of its run: {"model": ..., "optim": ...}
 
 
 class ConfigError(ValueError):
@@ -75,9 +72,9 @@ def validate(cfg: DictConfig) -> None:
     devices = cfg.trainer.get("devices", 1)
     if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
         raise ConfigError(f"trainer.devices={devices!r} is invalid: expected an integer >= 1 or auto")
-    _int(cfg, "trainer.num_nodes", 1)
-    _int(cfg, "trainer.log_every_n_steps", 1)
-    if (bar := cfg.trainer.progress_bar) not in ("auto", True, False):
+    if "num_nodes" in cfg.trainer:
+        _int(cfg, "trainer.num_nodes", 1)
+    if (bar := cfg.trainer.get("progress_bar", "auto")) not in ("auto", True, False):
         raise ConfigError(f"trainer.progress_bar={bar!r} is invalid: allowed values are auto, true, false")
     if cfg.logger.name == "mlflow":
         _int(cfg, "logger.flush_every", 1)
@@ -94,8 +91,11 @@ def validate(cfg: DictConfig) -> None:
             f"trainer.divergence_factor={factor!r} is invalid: expected a number > 1, or null to turn the check off"
         )
     if cfg.get("ckpt_path"):
-        if cfg.trainer.name != "lightning":
-            raise ConfigError(f"ckpt_path is only supported by trainer=lightning (got trainer={cfg.trainer.name})")
+        if not registry.spec(cfg.trainer.name).checkpoints:
+            raise ConfigError(
+                f"ckpt_path is not supported by trainer={cfg.trainer.name}; trainers that support it: "
+                f"{', '.join(able('checkpoints'))}"
+            )
         if not os.path.isfile(str(cfg.ckpt_path)):
             raise ConfigError(f"ckpt_path={cfg.ckpt_path} is not a file")
         _check_resume(cfg)
@@ -138,50 +138,60 @@ def _check_resume(cfg: DictConfig) -> None:
         )
 
 
+def able(capability: str, option: str | None = None) -> list[str]:
+    """The trainers that have a capability (``checkpoints``), or support an option (``able("model", "dynamic")``)."""
+    specs = registry.trainers().values()
+    if option is None:
+        return [t.name for t in specs if getattr(t, capability)]
+    return [t.name for t in specs if t.supports(capability, option)]
+
+
 def check_support(cfg: DictConfig) -> None:
-    """Refuse a trainer x model x optim x accelerator combination the trainer cannot run."""
+    """Refuse a trainer x model x optim x accelerator combination the trainer cannot run (its yaml says)."""
     name = cfg.trainer.name
-    spec = TRAINERS[name]
-    for group, supported in (("model", spec.models), ("optim", spec.optims)):
+    spec = registry.spec(name)
+    for group in ("model", "optim"):
         chosen = cfg[group].name
-        if chosen not in supported:
-            able = [t for t, s in TRAINERS.items() if chosen in getattr(s, group + "s")]
+        if not spec.supports(group, chosen):
+            why = f" ({spec.why})" if spec.why and group == "model" else ""
             raise ConfigError(
-                f"{group}={chosen} is not supported by trainer={name}{spec.why}; "
-                f"trainers that support it: {', '.join(able)}"
+                f"{group}={chosen} is not supported by trainer={name}{why}; "
+                f"trainers that support it: {', '.join(able(group, chosen))}"
             )
-    if name != "lightning":
-        t = cfg.trainer
-        if t.get("devices", 1) != 1 or t.get("num_nodes", 1) != 1 or t.get("strategy", "auto") != "auto":
-            raise ConfigError(
-                f"trainer={name} runs in one process (trainer.devices=1, trainer.num_nodes=1, trainer.strategy=auto; "
-                f"got {t.get('devices')}, {t.get('num_nodes')}, {t.get('strategy')}); use trainer=lightning for DDP"
-            )
-    if name != "lightning" and cfg.optim.get("momentum", 0.0):
+    t = cfg.trainer
+    if not spec.distributed and (
+        t.get("devices", 1) != 1 or t.get("num_nodes", 1) != 1 or t.get("strategy", "auto") != "auto"
+    ):
+        raise ConfigError(
+            f"trainer={name} runs in one process (trainer.devices=1, trainer.num_nodes=1, trainer.strategy=auto; "
+            f"got {t.get('devices')}, {t.get('num_nodes', 1)}, {t.get('strategy', 'auto')}); "
+            f"trainers that run distributed: {', '.join(able('distributed'))}"
+        )
+    if not spec.momentum and cfg.optim.get("momentum", 0.0):
         raise ConfigError(
             f"optim.momentum={cfg.optim.momentum} is not supported by trainer={name} (plain SGD by hand); "
-            "trainers that support it: lightning"
+            f"trainers that support it: {', '.join(able('momentum'))}"
         )
-    if name != "lightning" and str(cfg.trainer.precision) not in FULL_PRECISIONS:
+    if str(t.precision) not in spec.precisions:
         raise ConfigError(
-            f"trainer.precision={cfg.trainer.precision} is only supported by trainer=lightning; "
-            f"trainer={name} computes in data.dtype (allowed: {', '.join(FULL_PRECISIONS)})"
+            f"trainer.precision={t.precision} is not supported by trainer={name} (allowed: "
+            f"{', '.join(spec.precisions)}); trainers that support it: {', '.join(able('precision', str(t.precision)))}"
         )
-    if cfg.trainer.accelerator in ("gpu", "cuda"):
-        if not spec.gpu:
+    if t.accelerator in ("gpu", "cuda"):
+        if "gpu" not in spec.devices:
             raise ConfigError(
-                f"trainer.accelerator={cfg.trainer.accelerator} is not supported by trainer={name}, "
+                f"trainer.accelerator={t.accelerator} is not supported by trainer={name}, "
                 "which runs on the CPU only; use trainer.accelerator=cpu"
             )
         if not gpu_available(name):
-            raise ConfigError(NO_GPU.format(cfg.trainer.accelerator))
+            raise ConfigError(NO_GPU.format(t.accelerator))
 
 
 def gpu_available(trainer: str) -> bool:
-    if trainer == "tensorflow":  # ask the framework that will run it; TF is imported by it anyway
-        from backproplab.trainers.tensorflow import gpu_available as tf_gpu
-
-        return tf_gpu()
+    """Asked of the framework that will run it: a trainer module may say (TensorFlow does), else torch."""
+    module = registry.load(trainer)  # imported for training anyway
+    if hasattr(module, "gpu_available"):
+        return bool(module.gpu_available())
     import torch
 
     return torch.cuda.is_available()

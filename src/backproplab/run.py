@@ -12,8 +12,10 @@ from omegaconf import DictConfig, open_dict
 
 from backproplab.config import ConfigError, validate
 from backproplab.problem import make_problem
-from backproplab.tracking import Diverged, TrackingError, make_tracker, record_refusal, sweep_dir
-from backproplab.trainers import get_train
+from backproplab.runtime import sweep_dir
+from backproplab.steps import Diverged
+from backproplab.tracking import TrackingError, make_tracker, record_refusal
+from backproplab.trainers import registry
 
 log = logging.getLogger("backproplab")
 EXPECTED = (ConfigError, Diverged, TrackingError)  # one line for the user, no traceback
@@ -63,7 +65,7 @@ def main(cfg: DictConfig) -> float:
 
 def train(cfg: DictConfig) -> float:
     if cfg.get("rerun"):
-        from backproplab.rerun import rerun_config
+        from backproplab.tracking.rerun import rerun_config
 
         cfg = rerun_config(cfg)
     validate(cfg)
@@ -72,7 +74,7 @@ def train(cfg: DictConfig) -> float:
         if cfg.data.dtype == "float64" and str(cfg.trainer.precision) in ("32-true", "32"):
             cfg.trainer.precision = "64-true"  # float64 data trains in float64: the record says so
     with make_tracker(cfg) as rec:  # opened before the heavy imports: a bad store fails in seconds
-        train_fn = get_train(cfg.trainer.name)  # the trainer's own imports (torch, TF, ...) happen here
+        train_fn = registry.get_train(cfg.trainer.name)  # the trainer's own imports (torch, TF, ...) happen here
         problem = make_problem(cfg)
         t0 = time.perf_counter()
         result = train_fn(problem, cfg, rec.on_step)
@@ -87,8 +89,8 @@ def train(cfg: DictConfig) -> float:
 
 
 def checkpoint_dir(cfg: DictConfig) -> str | None:
-    """Lightning checkpoints go to <Hydra output dir>/checkpoints unless trainer.checkpoint_dir says."""
-    if cfg.trainer.name != "lightning" or not cfg.trainer.get("checkpoint_every"):
+    """Checkpoints go to <Hydra output dir>/checkpoints unless trainer.checkpoint_dir says."""
+    if not registry.spec(cfg.trainer.name).checkpoints or not cfg.trainer.get("checkpoint_every"):
         return cfg.trainer.get("checkpoint_dir")
     if cfg.trainer.get("checkpoint_dir"):
         return str(cfg.trainer.checkpoint_dir)

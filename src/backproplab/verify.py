@@ -25,10 +25,8 @@ import numpy as np
 from omegaconf import DictConfig
 
 from backproplab.problem import Problem, make_problem
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
-REFERENCE = "autograd"
-TRAINERS = ("numpy", "tensor", "autograd", "function", "tensorflow", "lightning")
+from backproplab.runtime import conf_dir
+from backproplab.trainers import registry
 
 
 @dataclass
@@ -41,28 +39,35 @@ class Outcome:
     error: str = ""
 
 
+# a check of numbers draws no progress bar and writes no checkpoint, for the trainers that have such keys
+QUIET = {"progress_bar": False, "checkpoint_every": 0}
+
+
 def compose_configs(trainers: list[str], overrides: list[str], config_dir: Path) -> dict[str, DictConfig]:
-    """One composed config per trainer, identical but for the trainer group."""
+    """One composed config per trainer, identical but for the trainer group (and its own keys, kept quiet)."""
     from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
 
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        return {t: compose(config_name="config", overrides=[f"trainer={t}", *overrides]) for t in trainers}
+        cfgs = {t: compose(config_name="config", overrides=[f"trainer={t}", *overrides]) for t in trainers}
+    for cfg in cfgs.values():
+        with open_dict(cfg):
+            cfg.trainer.update({k: v for k, v in QUIET.items() if k in cfg.trainer})
+    return cfgs
 
 
 def run_one(name: str, cfg: DictConfig, problem: Problem) -> Outcome:
     """Train one trainer on the shared problem; an exception is reported, not raised."""
     from backproplab.config import validate
-    from backproplab.tracking import Recorder
-    from backproplab.trainers import TRAINERS as REGISTRY
-    from backproplab.trainers import get_train
+    from backproplab.steps import Recorder
 
-    spec = REGISTRY[name]
-    if cfg.model.name not in spec.models:
-        return Outcome(name, skipped=f"no model={cfg.model.name}{spec.why}")
+    spec = registry.spec(name)
+    if not spec.supports("model", cfg.model.name):
+        return Outcome(name, skipped=f"no model={cfg.model.name}" + (f" ({spec.why})" if spec.why else ""))
     rec = Recorder()
     try:
         validate(cfg)
-        result = get_train(name)(problem, cfg, rec.on_step)
+        result = registry.get_train(name)(problem, cfg, rec.on_step)
     except Exception as e:
         return Outcome(name, losses=rec.losses, error=f"{type(e).__name__}: {e}".splitlines()[0])
     return Outcome(name, losses=rec.losses, grads0=result.grads0, loop_s=result.loop_s)
@@ -96,12 +101,13 @@ class Report:
 
 
 def check(
-    trainers: list[str], overrides: list[str], grad_tol: float, loss_tol: float, config_dir: Path = CONF
+    trainers: list[str], overrides: list[str], grad_tol: float, loss_tol: float, config_dir: Path | None = None
 ) -> Report:
     """Run the trainers (and the reference) on one problem and compare them with the reference."""
-    names = [REFERENCE, *(t for t in trainers if t != REFERENCE)]
-    cfgs = compose_configs(names, overrides, config_dir)
-    c = cfgs[REFERENCE]
+    reference = registry.reference()
+    names = [reference, *(t for t in trainers if t != reference)]
+    cfgs = compose_configs(names, overrides, config_dir or conf_dir())
+    c = cfgs[reference]
     title = (
         f"model={c.model.name} bias={c.model.bias} init={c.model.init} · {c.loss.name} · sgd lr={c.optim.lr} · "
         f"seed={c.seed} · {c.data.dtype} · {c.trainer.max_steps} steps"
@@ -139,9 +145,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--steps", type=int, default=500, help="training steps per trainer (default 500)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default="sequential", choices=("sequential", "custom", "dynamic"))
+    p.add_argument("--model", default="sequential", choices=registry.options("model"))
     p.add_argument("--bias", default="both", choices=("true", "false", "both"), help="model.bias (default both)")
-    p.add_argument("--trainers", default=",".join(TRAINERS), help="comma-separated (default: all six)")
+    everyone = list(registry.trainers())
+    p.add_argument("--trainers", default=",".join(everyone), help="comma-separated (default: every trainer)")
     p.add_argument("--grad-tol", type=float, default=1e-10, help="first-step gradients (default 1e-10)")
     p.add_argument("--loss-tol", type=float, default=1e-8, help="loss curves (default 1e-8)")
     p.add_argument(
@@ -149,12 +156,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="torch threads while verifying (default 1: six frameworks' thread pools in one process fight "
         "over a small machine's cores, and a check of numbers need not be fast)",
     )
-    p.add_argument("--config-dir", type=Path, default=CONF, help="the Hydra config tree (default: the repo's)")
+    p.add_argument("--config-dir", type=Path, default=None, help="the Hydra config tree (default: the project's)")
     p.add_argument("overrides", nargs="*", help="more Hydra overrides, e.g. loss=mse_mean model.init=randn")
     args = p.parse_args(argv)
-    unknown = set(args.trainers.split(",")) - set(TRAINERS)
+    unknown = set(args.trainers.split(",")) - set(everyone)
     if unknown:
-        p.error(f"unknown trainer(s) {', '.join(sorted(unknown))}; choose from {', '.join(TRAINERS)}")
+        p.error(f"unknown trainer(s) {', '.join(sorted(unknown))}; choose from {', '.join(everyone)}")
     if args.steps < 1 or args.threads < 1:
         p.error("--steps and --threads must be >= 1")
     return args
@@ -188,7 +195,7 @@ def run_checks(args: argparse.Namespace, console: Any) -> int:
         overrides = [
             f"seed={args.seed}", f"model={args.model}", f"model.bias={bias}", "optim=sgd", "logger=none",
             "accelerator=cpu", "data.dtype=float64", "trainer.precision=64-true",
-            f"trainer.max_steps={args.steps}", "trainer.progress_bar=false", "trainer.checkpoint_every=0",
+            f"trainer.max_steps={args.steps}",
             *args.overrides,
         ]
         start = time.perf_counter()
@@ -200,7 +207,7 @@ def run_checks(args: argparse.Namespace, console: Any) -> int:
         all_ok &= report.ok
         table = Table(
             title=f"{report.title} ({time.perf_counter() - start:.1f}s)",
-            caption=f"relative difference to {REFERENCE}; tolerances: gradients {args.grad_tol:g}, "
+            caption=f"relative difference to {registry.reference()}; tolerances: gradients {args.grad_tol:g}, "
             f"loss curve {args.loss_tol:g}",
         )
         table.add_column("trainer")

@@ -11,7 +11,8 @@ from omegaconf import DictConfig
 
 from backproplab.functions import MyReLU
 from backproplab.problem import Problem
-from backproplab.trainers import OnStep, Result, autograd
+from backproplab.steps import OnStep, Result
+from backproplab.trainers import autograd
 
 
 def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:

@@ -21,11 +21,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from omegaconf import DictConfig
 
-from backproplab.config import CKPT_META
 from backproplab.models import DynamicNet, export_weights, load_weights
 from backproplab.problem import Problem
-from backproplab.tracking import Recorder
-from backproplab.trainers import OnStep, Result
+from backproplab.steps import CKPT_META, OnStep, Recorder, Result
 
 # Lightning's start-up banners (GPU/TPU available, tips) add nothing to a run's log.
 for pkg in ("lightning.pytorch", "pytorch_lightning"):  # the second name shows up in joblib workers
@@ -200,7 +198,6 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
         num_nodes=t.get("num_nodes", 1),
         max_steps=t.max_steps,
         max_epochs=-1,
-        log_every_n_steps=t.log_every_n_steps,
         logger=False,  # the run's record is written by backproplab.tracking, like every other trainer's
         enable_checkpointing=checkpointing,
         enable_model_summary=False,

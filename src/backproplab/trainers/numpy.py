@@ -13,7 +13,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from backproplab.problem import Problem
-from backproplab.trainers import OnStep, Result
+from backproplab.steps import OnStep, Result
 
 
 def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:

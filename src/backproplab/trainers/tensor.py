@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from backproplab.problem import Problem
-from backproplab.trainers import OnStep, Result
+from backproplab.steps import OnStep, Result
 from backproplab.trainers._torch import device, to_numpy, to_torch
 
 

@@ -22,7 +22,7 @@ import tensorflow as tf  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from backproplab.problem import Problem  # noqa: E402
-from backproplab.trainers import OnStep, Result  # noqa: E402
+from backproplab.steps import OnStep, Result  # noqa: E402
 
 tf1 = tf.compat.v1
 

@@ -11,7 +11,7 @@ import tempfile
 from omegaconf import DictConfig, OmegaConf
 
 from backproplab.config import ConfigError
-from backproplab.tracking import open_store
+from backproplab.tracking.store import open_store
 
 _ABSENT = object()
 

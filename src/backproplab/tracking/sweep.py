@@ -2,7 +2,7 @@
 
 Creating the store, the experiment and the parent run in the launching process also means that
 parallel jobs (joblib, submitit) never race to create a fresh sqlite database. Jobs find their parent by
-the sweep dir tag (tracking.find_parent_run), which works in any process and on any node.
+the sweep dir tag (tracking.store.find_parent_run), which works in any process and on any node.
 """
 
 from __future__ import annotations
@@ -29,15 +29,16 @@ def swept_keys(config: DictConfig) -> list[str]:
 
 class MlflowSweepCallback(Callback):
     def _client(self, config: DictConfig) -> tuple[Any, str]:
-        from backproplab.tracking import open_store
+        from backproplab.tracking.store import open_store
 
         return open_store(config.logger)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.logger.name != "mlflow":
             return
-        from backproplab import names
-        from backproplab.tracking import SWEEP_TAG, SWEPT_TAG, mask_secrets
+        from backproplab.runtime import mask_secrets
+        from backproplab.tracking import names
+        from backproplab.tracking.store import SWEEP_TAG, SWEPT_TAG
 
         client, exp_id = self._client(config)
         sweep = str(Path(config.hydra.sweep.dir).resolve())
@@ -58,7 +59,7 @@ class MlflowSweepCallback(Callback):
 
     def _report(self, uri: str, config: DictConfig) -> None:
         """The comparison report (curves + table), in the sweep dir and on the parent run."""
-        from backproplab.report import make_report
+        from backproplab.tracking.report import make_report
 
         try:
             out = Path(config.hydra.sweep.dir) / "report"
@@ -90,10 +91,12 @@ class MlflowSweepCallback(Callback):
                 sys.exit(1)
         if config.logger.name != "mlflow" or not hasattr(self, "parent_id"):
             return
+        from backproplab.tracking.store import PARENT_TAG
+
         self.ended = True
         client, exp_id = self._client(config)
         children = client.search_runs(
-            [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}'", max_results=10000
+            [exp_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}'", max_results=10000
         )
         counts: dict[str, int] = {}
         for run in children:

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backproplab.tracking.store import PARENT_TAG
+
 LOSS_KEY = "train/loss"
-PARENT_TAG = "mlflow.parentRunId"
 ARTIFACT_PATH = "report"
 # label order: the config groups a user sweeps most, then every other differing key alphabetically
 GROUP_ORDER = ("trainer", "model", "optim", "loss", "data")
@@ -105,7 +106,7 @@ def _history(client: Any, run_id: str) -> tuple[list[int], list[float]]:
 
 
 def _masked(uri: str) -> str:
-    from backproplab.tracking import mask_secrets
+    from backproplab.runtime import mask_secrets
 
     return mask_secrets(uri)
 
@@ -376,7 +377,7 @@ def _default_uri() -> str:
     checks that a sqlite one exists (a report only reads)."""
     from omegaconf import OmegaConf
 
-    from backproplab.tracking import store_location
+    from backproplab.tracking.store import store_location
 
     return store_location(OmegaConf.create({"tracking_uri": None}))[0]
 

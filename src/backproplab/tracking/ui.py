@@ -6,8 +6,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from backproplab.names import runs_table
-from backproplab.tracking import store_location
+from backproplab.tracking.names import runs_table
+from backproplab.tracking.store import store_location
 
 
 def store() -> tuple[str, str | None]:

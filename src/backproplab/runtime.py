@@ -1,0 +1,64 @@
+"""Where and how this process runs: Hydra's runtime (launch dir, overrides, sweep dir), the distributed rank,
+the git commit, and the masking of secrets in what gets recorded. Small lookups, no MLflow, no torch."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from functools import cache
+from pathlib import Path
+
+
+def mask_secrets(uri: str) -> str:
+    """``http://user:password@host`` -> ``http://user:***@host``; ``https://TOKEN@host`` -> ``https://***@host``;
+    also tokens in a query string."""
+    uri = re.sub(r"//([^/:@]+):([^/@]+)@", r"//\1:***@", uri)
+    uri = re.sub(r"//([^/:@*]+)@", r"//***@", uri)  # a bare token as the user part
+    return re.sub(r"(?i)((?:token|password|secret|key)=)[^&]+", r"\1***", uri)
+
+def launch_dir() -> Path:
+    """The directory the user launched from (Hydra's runtime.cwd), whatever Hydra's output dir is."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.cwd)
+    return Path.cwd()
+
+def hydra_overrides() -> list[str]:
+    """This job's overrides as typed (a sweep job: its own values), secrets masked."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [mask_secrets(o) for o in HydraConfig.get().overrides.task]
+
+def sweep_dir() -> str | None:
+    """The multirun's sweep dir when this process is a multirun job, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return str(Path(HydraConfig.get().sweep.dir).resolve())
+    return None
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(  # the commit of the code that runs, wherever it was launched from
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+def is_rank_zero() -> bool:
+    """False in the extra processes of a distributed run: Lightning's DDP launcher re-runs this script
+    with LOCAL_RANK/NODE_RANK set, SLURM starts one task per process. Only rank 0 records."""
+    return all(os.environ.get(var, "0") == "0" for var in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+@cache
+def conf_dir() -> Path:
+    """The config tree: shipped inside the installed package, or conf/ at the root of a source checkout."""
+    packaged = Path(__file__).parent / "conf"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf"

@@ -1,0 +1,16 @@
+"""Every MLflow call of the project, one idea a module:
+
+- ``store``: which store, opened with one clear error; sqlite's lock; the tags that link runs
+- ``run``: one run's record (params, step batches, artifacts, model, status)
+- ``sweep``: the Hydra callback that gives a multirun its parent run, summary and report
+- ``report``: a sweep's comparison (figure and tables); ``figures``: a run's own loss curve
+- ``rerun``: a recorded run's config as the base of a new one; ``names``: run names and UI addresses;
+  ``ui``: what ``make ui`` opens
+
+Nothing here imports a trainer, and no trainer imports this (they speak backproplab.steps).
+"""
+
+from backproplab.tracking.run import make_tracker, record_refusal
+from backproplab.tracking.store import TrackingError, open_store
+
+__all__ = ["TrackingError", "make_tracker", "open_store", "record_refusal"]

@@ -1,0 +1,95 @@
+"""The one source of truth about trainers: every ``conf/trainer/<name>.yaml`` names its module and declares
+what it supports. Validation, run, verify, the benchmark and the tests ask this registry; nothing else in
+``src/`` names a trainer. Reading the yamls costs milliseconds and imports no framework: a trainer's module
+(torch, TensorFlow, ...) is imported only by :func:`load`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from backproplab.runtime import conf_dir
+
+ANY = "*"  # `models: "*"`: every option of the group in conf/
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    """A trainer's yaml, ``supports:`` block included."""
+
+    name: str
+    module: str
+    models: tuple[str, ...]
+    optims: tuple[str, ...]
+    devices: tuple[str, ...]  # cpu, gpu
+    precisions: tuple[str, ...]
+    momentum: bool  # SGD with momentum (the hand-written trainers do plain SGD)
+    distributed: bool  # several devices / nodes / a strategy
+    checkpoints: bool  # checkpoints and resume (ckpt_path)
+    reference: bool  # verify compares every trainer with this one
+    why: str  # said when a model it lacks is asked for
+
+    def supports(self, group: str, option: str) -> bool:
+        return option in getattr(self, group + "s")
+
+
+def options(group: str) -> tuple[str, ...]:
+    """The options of a config group: the yaml files in conf/<group>/."""
+    return tuple(sorted(p.stem for p in (conf_dir() / group).glob("*.yaml")))
+
+
+def _spec(path: Path) -> TrainerSpec:
+    raw: Any = OmegaConf.to_container(OmegaConf.load(path))
+    s = raw.get("supports", {})
+
+    def listed(key: str, group: str | None = None) -> tuple[str, ...]:
+        value = s.get(key, ANY if group else [])
+        return options(group) if value == ANY and group else tuple(str(v) for v in value)
+
+    return TrainerSpec(
+        name=raw["name"],
+        module=raw["module"],
+        models=listed("models", "model"),
+        optims=listed("optims", "optim"),
+        devices=listed("devices"),
+        precisions=listed("precisions"),
+        momentum=bool(s.get("momentum", False)),
+        distributed=bool(s.get("distributed", False)),
+        checkpoints=bool(s.get("checkpoints", False)),
+        reference=bool(s.get("reference", False)),
+        why=str(s.get("why", "")),
+    )
+
+
+@cache
+def trainers() -> dict[str, TrainerSpec]:
+    """Every trainer, by name, in the order of their files."""
+    specs = (_spec(p) for p in sorted((conf_dir() / "trainer").glob("*.yaml")))
+    return {s.name: s for s in specs}
+
+
+def spec(name: str) -> TrainerSpec:
+    return trainers()[name]
+
+
+def reference() -> str:
+    """The trainer that verify compares the others with (``supports: {reference: true}``)."""
+    (name,) = [s.name for s in trainers().values() if s.reference]
+    return name
+
+
+def load(name: str) -> ModuleType:
+    """The trainer's module (its framework is imported here, not before)."""
+    return importlib.import_module(spec(name).module)
+
+
+def get_train(name: str) -> Callable[..., Any]:
+    return load(name).train
