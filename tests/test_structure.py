@@ -1,0 +1,86 @@
+"""The shape of the code, held by tests: the import graph's arrows point one way, MLflow lives in tracking/,
+and the trainers are known only through the registry (their yamls)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from conftest import REPO
+
+from backproplab.trainers import registry
+
+PKG = REPO / "src" / "backproplab"
+
+
+def imports(path: Path) -> set[str]:
+    """Every module a file imports (absolute names), at any depth of the file."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def ours(path: Path) -> set[str]:
+    """The backproplab modules a file imports, as paths under src/backproplab ("tracking/run", "steps", ...)."""
+    out = set()
+    for name in imports(path):
+        if name.startswith("backproplab."):
+            parts = name.split(".")[1:]
+            for depth in range(len(parts), 0, -1):  # the longest prefix that is a module or a package
+                rel = "/".join(parts[:depth])
+                if (PKG / f"{rel}.py").exists() or (PKG / rel).is_dir():
+                    out.add(rel)
+                    break
+    return out
+
+
+def files(under: str) -> list[Path]:
+    base = PKG / under
+    return sorted(base.rglob("*.py")) if base.is_dir() else [base.with_suffix(".py")]
+
+
+def test_trainers_import_only_the_step_contract_problem_models_and_functions() -> None:
+    allowed = {"steps", "problem", "models", "functions", "runtime", "trainers"}
+    for path in files("trainers"):
+        for dep in ours(path):
+            assert dep.split("/")[0] in allowed, f"{path.relative_to(REPO)} imports backproplab.{dep}"
+
+
+def test_tracking_never_imports_a_trainer_and_nothing_low_imports_upward() -> None:
+    for path in files("tracking"):
+        assert not any(d.split("/")[0] in ("trainers", "run") for d in ours(path)), path
+    for low in ("steps", "problem", "models", "functions", "runtime"):
+        for dep in ours(PKG / f"{low}.py"):
+            assert dep in {"steps", "runtime"}, f"{low}.py imports backproplab.{dep}"
+
+
+def test_every_mlflow_import_in_the_package_is_inside_tracking() -> None:
+    outside = [p for p in PKG.rglob("*.py") if "tracking" not in p.parts and p.name != "bench.py"]
+    for path in outside:
+        assert not any(m == "mlflow" or m.startswith("mlflow.") for m in imports(path)), path
+
+
+def test_no_trainer_is_named_in_src_outside_trainers() -> None:
+    names = "|".join(registry.trainers())
+    quoted = re.compile(rf"""["']({names})["']""")
+    for path in PKG.rglob("*.py"):
+        if "trainers" in path.parts or path.name == "bench.py":
+            continue
+        assert not quoted.search(path.read_text()), f"{path.relative_to(REPO)} names a trainer"
+
+
+def test_every_trainer_yaml_names_an_importable_module_and_its_capabilities() -> None:
+    import importlib.util
+
+    specs = registry.trainers()
+    assert sorted(specs) == sorted(p.stem for p in (REPO / "conf" / "trainer").glob("*.yaml"))
+    for spec in specs.values():
+        assert importlib.util.find_spec(spec.module), spec.module
+        assert spec.models and spec.optims and spec.devices and spec.precisions, spec.name
+    assert registry.reference() in specs
