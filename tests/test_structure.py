@@ -84,3 +84,36 @@ def test_every_trainer_yaml_names_an_importable_module_and_its_capabilities() ->
         assert importlib.util.find_spec(spec.module), spec.module
         assert spec.models and spec.optims and spec.devices and spec.precisions, spec.name
     assert registry.reference() in specs
+
+
+def test_a_new_trainer_is_its_module_and_its_yaml(tmp_path: Path) -> None:
+    """A copy of trainers/numpy.py under a new name, with a copy of its yaml renamed inside, trains through the
+    CLI and is compared by verify; no other file is touched."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import clean_env
+
+    repo = tmp_path / "repo"
+    skip = shutil.ignore_patterns("*.egg-info", "__pycache__")
+    for part in ("src", "conf", "scripts"):
+        shutil.copytree(REPO / part, repo / part, ignore=skip)
+    trainers = repo / "src" / "backproplab" / "trainers"
+    shutil.copy(trainers / "numpy.py", trainers / "numpy_copy.py")
+    yaml = (repo / "conf" / "trainer" / "numpy.yaml").read_text()
+    yaml = yaml.replace("name: numpy\n", "name: numpy_copy\n").replace(".trainers.numpy\n", ".trainers.numpy_copy\n")
+    (repo / "conf" / "trainer" / "numpy_copy.yaml").write_text(yaml)
+    env = {**clean_env(), "PYTHONPATH": os.pathsep.join([str(repo / "src"), os.environ.get("PYTHONPATH", "")])}
+
+    def run(script: str, *args: str) -> str:
+        proc = subprocess.run([sys.executable, str(repo / "scripts" / script), *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    assert "numpy_copy-sequential-sgd: 5 steps" in run("train.py", "trainer=numpy_copy", "trainer.max_steps=5",
+                                                        "logger=none")
+    out = run("verify.py", "--trainers", "numpy,numpy_copy", "--steps", "20", "--bias", "true")
+    assert "│ numpy_copy " in out and "all trainers agree" in out
