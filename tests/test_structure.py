@@ -117,3 +117,39 @@ def test_a_new_trainer_is_its_module_and_its_yaml(tmp_path: Path) -> None:
                                                         "logger=none")
     out = run("verify.py", "--trainers", "numpy,numpy_copy", "--steps", "20", "--bias", "true")
     assert "│ numpy_copy " in out and "all trainers agree" in out
+
+
+def test_an_installed_package_works_from_any_directory(tmp_path: Path) -> None:
+    """``pip install .`` (not editable) ships conf/ inside the package: both console scripts run elsewhere."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import clean_env
+
+    source, target, elsewhere = tmp_path / "source", tmp_path / "site", tmp_path / "elsewhere"
+    for part in ("src", "conf"):  # a copy: building writes build/ and *.egg-info into the tree
+        shutil.copytree(REPO / part, source / part, symlinks=True,
+                        ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target"]
+    subprocess.run([*pip, str(target), str(source)], check=True, capture_output=True, timeout=600)
+    assert (target / "backproplab" / "conf" / "config.yaml").is_file()
+    elsewhere.mkdir()
+    env = {**clean_env(), "PYTHONPATH": str(target)}
+
+    def run(script: str, *args: str) -> str:
+        proc = subprocess.run([str(target / "bin" / script), *args], cwd=elsewhere, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    assert "numpy-sequential-sgd: 3 steps" in run("backproplab-train", "trainer=numpy", "trainer.max_steps=3",
+                                                  "logger=none")
+    assert "all trainers agree" in run("backproplab-verify", "--trainers", "numpy", "--steps", "10", "--bias", "true")
+    where = subprocess.run([sys.executable, "-c", "import backproplab; print(backproplab.__file__)"], cwd=elsewhere,
+                           env=env, capture_output=True, text=True, timeout=60).stdout
+    assert where.startswith(str(target)), where
+    assert not os.path.exists(elsewhere / "conf")
