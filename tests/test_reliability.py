@@ -40,7 +40,12 @@ BAD_INPUTS = [
     (["loss.reduction=none"], "loss.reduction"),
     (["trainer.precision=64-true"], "data.dtype=float64"),
     (["trainer.num_nodes=0"], "trainer.num_nodes"),
-    (["trainer.log_every_n_steps=abc"], "trainer.log_every_n_steps"),
+    (["trainer.log_every_n_steps=1"], "trainer.log_every_n_steps"),  # a key no trainer has any more
+    (["trainer=numpy", "trainer.progress_bar=true"], "trainer.progress_bar"),  # a key that trainer lacks
+    (["+optim.lrr=1e-3"], "did you mean optim.lr="),  # Hydra's own hint for optim.lrr=... adds a new key
+    (["+trainer.max_step=5"], "did you mean trainer.max_steps="),
+    (["experiment=nmupy"], "experiment/nmupy"),  # a preset that does not exist is not the default run
+    (["hparams_search=optunaa"], "hparams_search/optunaa"),
     (["trainer.progress_bar=maybe"], "trainer.progress_bar"),
     (["+rerun=0123456789abcdef", "logger=none"], "logger=mlflow"),
     (["trainer=numpy", "trainer.accelerator=gpu"], "trainer.accelerator"),

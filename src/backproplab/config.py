@@ -47,6 +47,31 @@ def cfg_get(cfg: DictConfig, key: str) -> Any:
     return node
 
 
+APPENDABLE = ("rerun",)  # the keys a command line may add with +key=value (see README: Re-run)
+
+
+def refuse_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
+    """Hydra's ``+key=value`` adds a key that the config does not have, and the run would silently ignore it
+    (``+optim.lrr=1e-3`` trains at the default lr): refuse it, naming the keys that are there."""
+    import difflib
+
+    for item in overrides:
+        if not item.startswith("+") or item.startswith("++"):
+            continue
+        key = item[1:].partition("=")[0]
+        if key in APPENDABLE:
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = cfg_get(cfg, parent) if parent else cfg
+        there = [str(k) for k in node.keys() if str(k) != leaf] if isinstance(node, DictConfig) else []
+        close = difflib.get_close_matches(leaf, there, n=1)
+        hint = f"did you mean {parent + '.' if parent else ''}{close[0]}=...? " if close else ""
+        raise ConfigError(
+            f"{item} adds a key that the config does not have, so it would change nothing; {hint}"
+            f"{parent or 'the top level'} has: {', '.join(there)}"
+        )
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first invalid value; check the cheap things before CUDA/TF probes."""
     _int(cfg, "seed", 0)

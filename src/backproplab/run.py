@@ -10,9 +10,9 @@ import time
 
 from omegaconf import DictConfig, open_dict
 
-from backproplab.config import ConfigError, validate
+from backproplab.config import ConfigError, refuse_added_keys, validate
 from backproplab.problem import make_problem
-from backproplab.runtime import sweep_dir
+from backproplab.runtime import hydra_overrides, sweep_dir
 from backproplab.steps import Diverged
 from backproplab.tracking import TrackingError, make_tracker, record_refusal
 from backproplab.trainers import registry
@@ -68,6 +68,7 @@ def train(cfg: DictConfig) -> float:
         from backproplab.tracking.rerun import rerun_config
 
         cfg = rerun_config(cfg)
+    refuse_added_keys(cfg, hydra_overrides())
     validate(cfg)
     with open_dict(cfg):
         cfg.trainer.checkpoint_dir = checkpoint_dir(cfg)
