@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts benchmarks
 
 examples: $(STAMP)
 	$(PY) scripts/train.py -m experiment=numpy,tensor,autograd,function,tensorflow,nn,optim,module,dynamic

@@ -1,0 +1,191 @@
+"""What every part of the benchmark shares: settings, targets, statistics, timed processes and children."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+TRAIN_SCRIPT = REPO / "scripts" / "train.py"
+REFERENCE = Path(__file__).resolve().parent / "reference"
+CHILD_MARK = "BENCH_JSON "  # the line a child process answers on (trainers may print other lines)
+
+HEAVY = ("torch", "tensorflow", "lightning", "pytorch_lightning", "mlflow", "keras", "matplotlib")
+NOT_FOR_NUMPY = ("torch", "tensorflow", "lightning", "pytorch_lightning")  # the issue's import target
+
+# trainer -> (its reference loop in benchmarks/reference/, the experiment preset with that example's settings)
+PAIRS: dict[str, tuple[str, str]] = {
+    "numpy": ("numpy_loop", "numpy"),
+    "tensor": ("tensor_loop", "tensor"),
+    "autograd": ("autograd_loop", "autograd"),
+    "function": ("function_loop", "function"),
+    "tensorflow": ("tensorflow_loop", "tensorflow"),
+    "lightning": ("optim_loop", "optim"),
+}
+# the nine experiment presets and the reference loop each one is held against as a process, in tutorial order
+NINE: dict[str, str] = {
+    "numpy": "numpy_loop",
+    "tensor": "tensor_loop",
+    "autograd": "autograd_loop",
+    "function": "function_loop",
+    "tensorflow": "tensorflow_loop",
+    "nn": "nn_loop",
+    "optim": "optim_loop",
+    "module": "module_loop",
+    "dynamic": "dynamic_loop",
+}
+TORCH_TRAINERS = ("tensor", "autograd", "function", "lightning")
+TARGETS = {
+    "hand_trainer": 1.2,  # hand-written trainer loop / tutorial loop
+    "lightning": 1.5,  # Lightning loop / tutorial optim loop
+    "mlflow_loop": 1.10,  # loop with logger=mlflow / loop with logger=none
+    "mlflow_fixed_later_s": 0.5,  # MLflow's fixed cost of each later run of a sweep, seconds
+    "numpy_process": 2.0,  # `train.py trainer=numpy logger=none` / `python benchmarks/reference/numpy_loop.py`
+    "sweep": 0.75,  # the nine-experiment sweep / the nine reference processes
+    "pct_of_mm": 80.0,  # % of the bare torch.mm rate at the largest size
+}
+
+
+class BenchError(RuntimeError):
+    """A measured command failed: the benchmark cannot give its number."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much to measure. The defaults take a few minutes on 2 cores; QUICK is for CI."""
+
+    steps: int = 500  # training steps of every loop comparison (the tutorial's 500)
+    warmup: int = 1  # unmeasured rounds before the measured ones
+    repeats: int = 5  # measured rounds per comparison
+    mlflow_trainers: tuple[str, ...] = ("numpy", "lightning")  # the fastest loop (worst case) and Lightning
+    mlflow_repeats: int = 4
+    fixed_plan: tuple[str, ...] = ("numpy", "numpy", "numpy", "optim", "optim", "optim")  # runs, one process
+    process_warmup: int = 1  # start-up: unmeasured rounds (the page cache, .pyc files)
+    process_repeats: int = 5  # start-up: measured rounds
+    import_trainers: tuple[str, ...] = tuple(PAIRS)
+    sweep: tuple[str, ...] = tuple(NINE)  # () skips the sweep
+    sweep_repeats: int = 1
+    sizes: tuple[int, ...] = (256, 1024, 4096)  # scaling: N = D_in = H
+    d_out: int = 10
+    block_s: float = 1.0  # scaling: aim for this many seconds per measured block
+    compile: bool = False  # torch.compile of the Lightning model at the largest size (slow to compile)
+
+
+QUICK = Settings(
+    steps=20,
+    warmup=1,
+    repeats=2,
+    mlflow_trainers=("numpy",),
+    mlflow_repeats=2,
+    fixed_plan=("numpy", "numpy"),
+    process_warmup=0,
+    process_repeats=1,
+    import_trainers=("numpy",),
+    sweep=(),  # a one-job sweep alone takes ~15 s; the suite has its own sweep tests
+    sizes=(64, 128),
+    block_s=0.05,
+)
+
+
+# -- small helpers ---------------------------------------------------------------------------------------------
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b > 0 and math.isfinite(a) and math.isfinite(b) else float("nan")
+
+
+def alternate(i: int, a: Any, b: Any) -> tuple[Any, Any]:
+    """a then b on even rounds, b then a on odd ones: drift in the machine's load hits both sides."""
+    return (a, b) if i % 2 == 0 else (b, a)
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def compose_cfg(*overrides: str) -> Any:
+    """A config composed like scripts/train.py's, through Hydra's compose API. A progress bar (only trainers
+    that draw one have the key) is off unless an override asks for it: a bar costs time and clutters a log."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    bar = [o for o in overrides if o.startswith("trainer.progress_bar=")]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[o for o in overrides if o not in bar])
+    with open_dict(cfg):
+        if "progress_bar" in cfg.trainer:
+            cfg.trainer.progress_bar = bool(bar) and bar[-1].endswith("=true")
+    return cfg
+
+
+def time_process(cmd: Sequence[str], cwd: Path | str, timeout: float = 900) -> float:
+    """Wall time of one process, stdout to /dev/null (the tutorial prints every step)."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        timeout=timeout,
+    )
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise BenchError(f"{' '.join(map(str, cmd))} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return wall
+
+
+def run_child(kind: str, *args: str, cwd: Path | str, timeout: float = 900) -> dict[str, Any]:
+    """Run ``python -m benchmarks _child <kind> ...`` and return what it answered (plus its wall time)."""
+    cmd = [sys.executable, "-m", "benchmarks", "_child", kind, *args]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=child_env())
+    wall = time.perf_counter() - start
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(CHILD_MARK)]
+    if proc.returncode != 0 or not lines:
+        raise BenchError(f"child {kind} {' '.join(args)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return {**json.loads(lines[-1][len(CHILD_MARK):]), "process_s": wall}
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """stdout and stderr to /dev/null (a progress bar's output should cost what it costs, not flood the report)."""
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+        yield
+
+
+@contextlib.contextmanager
+def chdir(path: Path) -> Iterator[None]:
+    """contextlib.chdir, which Python 3.10 lacks."""
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def reference(name: str) -> ModuleType:
+    """A reference loop's module (benchmarks/reference/<name>.py), imported the way Python imports a script's
+    neighbours: with its folder on sys.path."""
+    if str(REFERENCE) not in sys.path:
+        sys.path.insert(0, str(REFERENCE))
+    return importlib.import_module(name)
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child process: this one's, with the repository root importable (benchmarks/)."""
+    paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}

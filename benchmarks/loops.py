@@ -1,0 +1,85 @@
+"""Each trainer's loop against its reference loop: same arrays, same steps, alternating, medians."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from benchmarks.common import PAIRS, TARGETS, Settings, compose_cfg, load, median, quiet, ratio, reference
+
+
+def run_trainer(name: str, problem: Any, cfg: Any, silence: bool = False) -> dict[str, Any]:
+    """One call of the trainer as run.train makes it with logger=none (a Recorder's on_step)."""
+    from backproplab.steps import Recorder
+    from backproplab.trainers.registry import get_train
+
+    train = get_train(name)
+    rec = Recorder()
+    start = time.perf_counter()
+    with quiet() if silence else contextlib.nullcontext():
+        result = train(problem, cfg, rec.on_step)
+    return {"loop_s": result.loop_s, "call_s": time.perf_counter() - start, "final_loss": rec.losses[-1]}
+
+
+def bench_trainers(s: Settings, names: Sequence[str]) -> dict[str, Any]:
+    """Result.loop_s of each trainer against the loop of its tutorial script, alternating, same data/weights/steps.
+
+    Lightning is also run with its progress bar on (output to /dev/null) to show what the bar costs.
+    """
+    from backproplab.problem import make_problem
+    from backproplab.trainers.registry import get_train
+
+    out: dict[str, Any] = {}
+    for name in names:
+        tutorial, experiment = PAIRS[name]
+        get_train(name)  # imports first: trainers/tensorflow.py sets TF's environment before TF is imported
+        cfg = compose_cfg(f"experiment={experiment}", "logger=none", f"trainer.max_steps={s.steps}",
+                          "trainer.progress_bar=false")
+        problem = make_problem(cfg)
+        # the key stays "tutorial" in the JSON: the reference loop is the tutorial's example, in our words
+        variants: dict[str, Callable[[], dict[str, Any]]] = {
+            "trainer": functools.partial(run_trainer, name, problem, cfg),
+            "tutorial": functools.partial(run_reference, reference(tutorial).loop, problem, cfg),
+        }
+        if name == "lightning":
+            bar_cfg = compose_cfg(f"experiment={experiment}", "logger=none", f"trainer.max_steps={s.steps}",
+                                  "trainer.progress_bar=true")
+            variants["trainer_progress_bar"] = functools.partial(run_trainer, name, problem, bar_cfg, silence=True)
+        samples: dict[str, list[dict[str, Any]]] = {k: [] for k in variants}
+        load0 = load()
+        for i in range(s.warmup + s.repeats):
+            keys = list(variants)
+            keys = keys[i % len(keys):] + keys[: i % len(keys)]  # rotate the order round by round
+            for k in keys:
+                sample = variants[k]()
+                if i >= s.warmup:
+                    samples[k].append(sample)
+        row = {
+            "tutorial": tutorial,
+            "experiment": experiment,
+            "steps": s.steps,
+            "loop_s": {k: median([x["loop_s"] for x in v]) for k, v in samples.items()},
+            "samples_loop_s": {k: [round(x["loop_s"], 5) for x in v] for k, v in samples.items()},
+            "trainer_call_s": median([x["call_s"] for x in samples["trainer"]]),
+            "final_loss": {k: v[-1]["final_loss"] for k, v in samples.items()},
+            "load": [load0, load()],
+        }
+        row["ratio"] = ratio(row["loop_s"]["trainer"], row["loop_s"]["tutorial"])
+        row["call_ratio"] = ratio(row["trainer_call_s"], row["loop_s"]["tutorial"])
+        if "trainer_progress_bar" in samples:
+            row["progress_bar_ratio"] = ratio(row["loop_s"]["trainer_progress_bar"], row["loop_s"]["tutorial"])
+        row["target"] = TARGETS["lightning"] if name == "lightning" else TARGETS["hand_trainer"]
+        out[name] = row
+        print(f"[bench] {name:10s} loop {row['loop_s']['trainer']:.3f}s vs tutorial {row['loop_s']['tutorial']:.3f}s"
+              f" -> {row['ratio']:.2f}x", file=sys.stderr, flush=True)
+    return out
+
+
+def run_reference(loop: Callable[..., tuple[float, list[float]]], problem: Any, cfg: Any) -> dict[str, Any]:
+    """One call of a reference loop on the trainer's own arrays, learning rate and steps."""
+    loop_s, losses = loop(problem.x, problem.y, problem.weights, cfg.optim.lr, cfg.trainer.max_steps)
+    return {"loop_s": loop_s, "final_loss": losses[-1]}

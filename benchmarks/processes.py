@@ -1,0 +1,116 @@
+"""Whole processes: start-up of a run against its reference script, which heavy modules each trainer's process
+imports, and the nine-example sweep against the nine reference scripts run one after another."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    HEAVY,
+    NINE,
+    NOT_FOR_NUMPY,
+    REFERENCE,
+    TARGETS,
+    TRAIN_SCRIPT,
+    Settings,
+    alternate,
+    compose_cfg,
+    median,
+    ratio,
+    run_child,
+    time_process,
+)
+
+
+def bench_startup(s: Settings, tmp: Path) -> dict[str, Any]:
+    """Whole-process wall time: `train.py trainer=numpy logger=none` against `python seed/numpy_manual.py`.
+
+    Also `experiment=numpy logger=none`, the like-for-like process (float64 and the tutorial's net, as the
+    script; trainer=numpy alone trains the default float32 net with biases)."""
+    commands = {
+        "ours": [sys.executable, TRAIN_SCRIPT, "trainer=numpy", "logger=none"],
+        "ours_experiment": [sys.executable, TRAIN_SCRIPT, "experiment=numpy", "logger=none"],
+        "tutorial": [sys.executable, REFERENCE / "numpy_loop.py"],
+    }
+    walls: dict[str, list[float]] = {k: [] for k in commands}
+    for i in range(s.process_warmup + s.process_repeats):
+        keys = list(commands)
+        for k in keys[i % len(keys):] + keys[: i % len(keys)]:  # rotate the order round by round
+            wall = time_process(commands[k], cwd=tmp)
+            if i >= s.process_warmup:
+                walls[k].append(wall)
+    out = {
+        "command": "python scripts/train.py trainer=numpy logger=none",
+        "command_experiment": "python scripts/train.py experiment=numpy logger=none",
+        "tutorial": "python benchmarks/reference/numpy_loop.py > /dev/null",
+        "ours_s": median(walls["ours"]),
+        "ours_experiment_s": median(walls["ours_experiment"]),
+        "tutorial_s": median(walls["tutorial"]),
+        "samples": walls,
+        "target": TARGETS["numpy_process"],
+    }
+    out["ratio"] = ratio(out["ours_s"], out["tutorial_s"])
+    out["ratio_experiment"] = ratio(out["ours_experiment_s"], out["tutorial_s"])
+    print(f"[bench] start-up: {out['ours_s']:.2f}s (experiment=numpy {out['ours_experiment_s']:.2f}s) vs "
+          f"{out['tutorial_s']:.2f}s -> {out['ratio']:.2f}x", file=sys.stderr, flush=True)
+    return out
+
+
+def bench_imports(s: Settings, tmp: Path) -> dict[str, Any]:
+    """Which heavy modules each trainer's process imports (compose + run.train with logger=none)."""
+    out: dict[str, Any] = {}
+    for name in s.import_trainers:
+        answer = run_child("imports", f"trainer={name}", "logger=none", "trainer.max_steps=20", cwd=tmp)
+        out[name] = answer
+    if "numpy" in out:
+        bad = sorted(set(out["numpy"]["heavy"]) & set(NOT_FOR_NUMPY))
+        out["numpy_forbidden"] = bad
+    summary = ", ".join(f"{k}={v['heavy']}" for k, v in out.items() if isinstance(v, dict))
+    print(f"[bench] imports: {summary}", file=sys.stderr, flush=True)
+    return out
+
+
+def _child_imports(*overrides: str) -> dict[str, Any]:
+    start = time.perf_counter()
+    from backproplab.run import train
+
+    cfg = compose_cfg(*overrides)
+    composed = time.perf_counter()
+    train(cfg)
+    done = time.perf_counter()
+    heavy = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))
+    return {"heavy": heavy, "compose_s": composed - start, "train_s": done - composed}
+
+
+def bench_sweep(s: Settings, tmp: Path) -> dict[str, Any]:
+    """`train.py -m experiment=<all nine>` (sequential launcher, full MLflow record in a temp launch dir)
+    against the nine tutorial scripts run one after another as processes."""
+    if not s.sweep:
+        return {"skipped": "sweep not requested"}
+    sweep_cmd = [sys.executable, TRAIN_SCRIPT, "-m", f"experiment={','.join(s.sweep)}"]
+    sweeps: list[float] = []
+    tutorials: list[float] = []
+    for i in range(s.sweep_repeats):
+        for which in alternate(i, "tutorial", "sweep"):
+            if which == "sweep":
+                launch = Path(tempfile.mkdtemp(prefix="sweep-", dir=tmp))  # its own store and multirun dir
+                sweeps.append(time_process(sweep_cmd, cwd=launch))
+            else:
+                tutorials.append(sum(time_process([sys.executable, REFERENCE / f"{NINE[e]}.py"], cwd=tmp)
+                                     for e in s.sweep))
+    out = {
+        "experiments": list(s.sweep),
+        "command": f"python scripts/train.py -m experiment={','.join(s.sweep)}",
+        "sweep_s": median(sweeps),
+        "tutorial_s": median(tutorials),
+        "samples": {"sweep": sweeps, "tutorial": tutorials},
+        "target": TARGETS["sweep"],
+    }
+    out["ratio"] = ratio(out["sweep_s"], out["tutorial_s"])
+    print(f"[bench] sweep: {out['sweep_s']:.1f}s vs {out['tutorial_s']:.1f}s -> {out['ratio']:.2f}x",
+          file=sys.stderr, flush=True)
+    return out

@@ -1,0 +1,225 @@
+"""The benchmark's report: every target with the measured figure beside it, the Markdown, the MLflow run."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import TARGETS, TORCH_TRAINERS, Settings
+
+
+def fmt(x: Any, digits: int = 2, suffix: str = "") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}f}{suffix}"
+
+
+def verdict(ok: bool | None) -> str:
+    return "–" if ok is None else ("met" if ok else "**missed**")
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target of the issue with the measured figure beside it."""
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, measured: float | None, limit: float, unit: str, at_most: bool = True) -> None:
+        ok = None
+        if measured is not None and math.isfinite(measured):
+            ok = measured <= limit if at_most else measured >= limit
+        rows.append({"target": name, "measured": measured, "limit": limit, "unit": unit,
+                     "at_most": at_most, "met": ok})
+
+    for name, r in results.get("trainers", {}).items():
+        what = "tutorial optim loop" if name == "lightning" else "its tutorial loop"
+        add(f"{name} loop vs {what} ({r['tutorial']}.py)", r["ratio"], r["target"], "x")
+    for name, r in results.get("mlflow_loop", {}).items():
+        add(f"{name} loop with logger=mlflow vs logger=none", r["ratio"], r["target"], "x")
+    fixed = results.get("mlflow_fixed", {})
+    for experiment, r in fixed.get("later", {}).items():
+        add(f"MLflow fixed cost, each later run ({experiment}: {r['trainer']})", r["fixed_s"],
+            TARGETS["mlflow_fixed_later_s"], "s")
+    st = results.get("startup", {})
+    if "ratio" in st:
+        add("numpy process vs tutorial numpy process", st["ratio"], st["target"], "x")
+    imp = results.get("imports", {})
+    if "numpy_forbidden" in imp:
+        rows.append({"target": "numpy process imports no torch / TensorFlow / Lightning",
+                     "measured": ", ".join(imp["numpy_forbidden"]) or "none", "limit": "none", "unit": "",
+                     "at_most": True, "met": not imp["numpy_forbidden"]})
+    sw = results.get("sweep", {})
+    if "ratio" in sw:
+        add(f"{len(sw['experiments'])}-experiment sweep vs the tutorial processes", sw["ratio"], sw["target"], "x")
+    sc = results.get("scaling", {})
+    for r in sc.get("rows", []):
+        if r["size"] == sc["largest"] and r["impl"] in TORCH_TRAINERS:
+            add(f"{r['impl']} at N=D_in=H={r['size']}: % of bare torch.mm", r["pct_of_mm"], sc["target_pct"], "%",
+                at_most=False)
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["meta"]
+    lines = [
+        "# backproplab benchmark",
+        "",
+        f"{m['machine']}, threads: {m['threads']}; load average {m['load_start']} at the start, "
+        f"{m['load_end']} at the end, {max(m['load_samples'])} at most between sections; "
+        f"{m['mode']} settings; {m['duration_s']:.0f} s. Medians of {m['settings']['repeats']} rounds after "
+        f"{m['settings']['warmup']} warm-up, the compared sides alternating.",
+    ]
+    if max(m["load_samples"]) > (os.cpu_count() or 1) and m["threads"] == "library defaults":
+        lines += ["", "**The machine was loaded** (load average above its CPU count at times: "
+                  f"{', '.join(map(str, m['load_samples']))}): multi-threaded BLAS/OpenMP on the tutorial's tiny "
+                  "matrices then stalls on descheduled threads, which swamps the overheads measured here; "
+                  "`--threads 1` gives steadier ratios."]
+    lines += [
+        "",
+        "## Targets",
+        "",
+        "| target | measured | target | verdict |",
+        "|---|---:|---:|---|",
+    ]
+    for t in results["targets"]:
+        if isinstance(t["measured"], str):
+            measured, limit = t["measured"], t["limit"]
+        else:
+            digits = 0 if t["unit"] == "%" else 2
+            measured = fmt(t["measured"], digits, t["unit"] if t["unit"] != "x" else "×")
+            limit = ("≤ " if t["at_most"] else "≥ ") + f"{t['limit']:g}" + (t["unit"] if t["unit"] != "x" else "×")
+        lines.append(f"| {t['target']} | {measured} | {limit} | {verdict(t['met'])} |")
+
+    if tr := results.get("trainers"):
+        lines += ["", f"## Trainers against the tutorial's loops ({m['settings']['steps']} steps, logger=none)", "",
+                  "| trainer | tutorial loop | trainer loop s | tutorial loop s | ratio | whole train() call s | "
+                  "final loss trainer / tutorial |", "|---|---|---:|---:|---:|---:|---|"]
+        for name, r in tr.items():
+            lines.append(
+                f"| {name} | {r['tutorial']}.py | {fmt(r['loop_s']['trainer'], 3)} | {fmt(r['loop_s']['tutorial'], 3)}"
+                f" | {fmt(r['ratio'])}× | {fmt(r['trainer_call_s'], 3)} | "
+                f"{r['final_loss']['trainer']:.4g} / {r['final_loss']['tutorial']:.4g} |")
+            if "progress_bar_ratio" in r:
+                lines.append(f"| {name} + progress bar | {r['tutorial']}.py | "
+                             f"{fmt(r['loop_s']['trainer_progress_bar'], 3)} | {fmt(r['loop_s']['tutorial'], 3)} | "
+                             f"{fmt(r['progress_bar_ratio'])}× | – | – |")
+
+    if ml := results.get("mlflow_loop"):
+        lines += ["", "## MLflow: the loop with every step logged", "",
+                  "| trainer (experiment) | loop logger=none s | loop logger=mlflow s | ratio | per step ms | "
+                  "flush_every |", "|---|---:|---:|---:|---:|---:|"]
+        for name, r in ml.items():
+            lines.append(f"| {name} ({r['experiment']}) | {fmt(r['loop_none_s'], 3)} | {fmt(r['loop_mlflow_s'], 3)} | "
+                         f"{fmt(r['ratio'])}× | {fmt(r['per_step_overhead_ms'], 3)} | {r['flush_every']} |")
+    if fx := results.get("mlflow_fixed"):
+        keys = sorted({k for r in fx["runs"] for k in r["breakdown"]})
+        lines += ["", "## MLflow: fixed cost per run (one process, runs one after another as in a sweep)", "",
+                  f"`import mlflow`: {fmt(fx['import_mlflow_s'])} s (counted in the first run). "
+                  "Breakdown columns are the seconds inside each call (flush includes the in-loop flushes).", "",
+                  "| run | fixed s | enter s | finish s | exit s | " + " | ".join(keys) + " |",
+                  "|---|---:|---:|---:|---:|" + "---:|" * len(keys)]
+
+        def fixed_row(label: str, r: dict[str, Any], fixed_s: float) -> str:
+            p, b = r["phases"], r["breakdown"]
+            return (f"| {label} | {fmt(fixed_s)} | {fmt(p['enter_s'])} | {fmt(p['finish_s'])} | {fmt(p['exit_s'])} | "
+                    + " | ".join(fmt(b.get(k), 3) for k in keys) + " |")
+
+        lines.append(fixed_row(f"first ({fx['first']['experiment']})", fx["first"], fx["first"]["fixed_s"]))
+        for experiment, r in fx["later"].items():
+            lines.append(fixed_row(f"later {experiment} (median of {r['runs']})", r, r["fixed_s"]))
+
+    if st := results.get("startup"):
+        lines += ["", "## Start-up (whole process)", ""]
+        if "skipped" in st:
+            lines.append(f"skipped: {st['skipped']}")
+        else:
+            lines += ["| process | median s |", "|---|---:|",
+                      f"| `{st['command']}` | {fmt(st['ours_s'])} |",
+                      f"| `{st['command_experiment']}` (like for like) | {fmt(st['ours_experiment_s'])} |",
+                      f"| `{st['tutorial']}` | {fmt(st['tutorial_s'])} |",
+                      f"| ratio (like for like in brackets) | {fmt(st['ratio'])}× ({fmt(st['ratio_experiment'])}×) |"]
+    if imp := results.get("imports"):
+        lines += ["", "## Heavy modules each trainer's process imports (compose + run.train, logger=none)", "",
+                  "| trainer | heavy modules | process s |", "|---|---|---:|"]
+        for name, r in imp.items():
+            if isinstance(r, dict):
+                lines.append(f"| {name} | {', '.join(r['heavy']) or 'none'} | {fmt(r['process_s'])} |")
+    if sw := results.get("sweep"):
+        lines += ["", "## The sweep in one command against the tutorial's processes", ""]
+        if "skipped" in sw:
+            lines.append(f"skipped: {sw['skipped']}")
+        else:
+            lines += ["| | s |", "|---|---:|", f"| `{sw['command']}` | {fmt(sw['sweep_s'], 1)} |",
+                      f"| the {len(sw['experiments'])} tutorial scripts, one process each | "
+                      f"{fmt(sw['tutorial_s'], 1)} |",
+                      f"| ratio | {fmt(sw['ratio'])}× |"]
+    if sc := results.get("scaling"):
+        lines += ["", f"## Scaling on {sc['device']}: N = D_in = H, D_out = {sc['d_out']}, {sc['dtype']}", "",
+                  f"FLOPs per step = {sc['flops_formula']}. Steady-state step time (median of the intervals between "
+                  "steps); % is of the bare torch.mm chain's rate measured in the same run.", "",
+                  "| size | " + " | ".join(dict.fromkeys(r["impl"] for r in sc["rows"])) + " |",
+                  "|---:|" + "---|" * len(dict.fromkeys(r["impl"] for r in sc["rows"]))]
+        for size in dict.fromkeys(r["size"] for r in sc["rows"]):
+            cells = [f"{fmt(r['step_ms'], 2)} ms, {fmt(r['gflops'], 1)} GF/s ({fmt(r['pct_of_mm'], 0)}%)"
+                     for r in sc["rows"] if r["size"] == size]
+            lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    if cu := results.get("scaling_cuda"):
+        lines += ["", f"CUDA: {cu.get('skipped') or 'see JSON'}"]
+    if co := results.get("compile"):
+        lines += ["", "## torch.compile of the Lightning model", ""]
+        if "error" in co:
+            lines.append(f"failed: {co['error']}")
+        else:
+            lines.append(f"N = D_in = H = {co['size']}: eager {fmt(co['eager_step_ms'], 1)} ms/step, compiled "
+                         f"{fmt(co['compiled_step_ms'], 1)} ms/step (speedup {fmt(co['speedup'])}×; the first "
+                         f"compiled step took {fmt(co['first_compiled_step_s'], 1)} s)")
+    if errors := results.get("errors"):
+        lines += ["", "## Errors", ""] + [f"- {k}: {v}" for k, v in errors.items()]
+    lines += ["", f"Reproduce: `{m['command']}`", ""]
+    return "\n".join(lines)
+
+
+def flat_ratios(results: dict[str, Any]) -> dict[str, float]:
+    """The headline figures as MLflow metric names -> values (ratios, seconds, % of the mm chain)."""
+    out: dict[str, float] = {}
+    for name, r in results.get("trainers", {}).items():
+        out[f"ratio/trainer/{name}"] = r["ratio"]
+    for name, r in results.get("mlflow_loop", {}).items():
+        out[f"ratio/mlflow_loop/{name}"] = r["ratio"]
+    fx = results.get("mlflow_fixed", {})
+    if "first" in fx:
+        out["seconds/mlflow_fixed/first"] = fx["first"]["fixed_s"]
+    for experiment, r in fx.get("later", {}).items():
+        out[f"seconds/mlflow_fixed/later/{experiment}"] = r["fixed_s"]
+    if "ratio" in results.get("startup", {}):
+        out["ratio/startup/numpy"] = results["startup"]["ratio"]
+    if "ratio" in results.get("sweep", {}):
+        out["ratio/sweep"] = results["sweep"]["ratio"]
+    sc = results.get("scaling", {})
+    for r in sc.get("rows", []):
+        if r["impl"] in TORCH_TRAINERS:
+            out[f"pct_of_mm/{r['size']}/{r['impl']}"] = r["pct_of_mm"]
+    return out
+
+
+def log_to_mlflow(results: dict[str, Any], json_path: Path, md_path: Path, tracking_uri: str | None) -> str:
+    """The benchmark as one run of experiment `benchmarks`: the headline figures as metrics, JSON and Markdown
+    as artifacts. The store is the pipeline's (<cwd>/mlruns/mlflow.db unless --tracking-uri says)."""
+    from omegaconf import OmegaConf
+
+    from backproplab.tracking.store import open_store
+
+    client, exp_id = open_store(OmegaConf.create({"tracking_uri": tracking_uri, "experiment_name": "benchmarks"}))
+    run = client.create_run(exp_id, run_name=f"bench {results['meta']['mode']}",
+                            tags={"mlflow.source.git.commit": results["meta"].get("git_commit") or ""})
+    rid = run.info.run_id
+    for k, v in asdict(Settings(**results["meta"]["settings"])).items():
+        client.log_param(rid, k, str(v))
+    for k, v in flat_ratios(results).items():
+        if math.isfinite(v):
+            client.log_metric(rid, k, v)
+    client.log_artifact(rid, str(json_path))
+    client.log_artifact(rid, str(md_path))
+    client.set_terminated(rid, "FINISHED")
+    return rid
