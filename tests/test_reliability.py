@@ -44,8 +44,9 @@ BAD_INPUTS = [
     (["trainer=numpy", "trainer.progress_bar=true"], "trainer.progress_bar"),  # a key that trainer lacks
     (["+optim.lrr=1e-3"], "did you mean optim.lr="),  # Hydra's own hint for optim.lrr=... adds a new key
     (["+trainer.max_step=5"], "did you mean trainer.max_steps="),
-    (["experiment=nmupy"], "experiment/nmupy"),  # a preset that does not exist is not the default run
-    (["hparams_search=optunaa"], "hparams_search/optunaa"),
+    (["experiment=nmupy"], "experiment=nmupy is not an option"),  # a preset that does not exist: no default run
+    (["hparams_search=optunaa"], "hparams_search=optunaa is not an option"),
+    (["-m", "optim=sgd,adamw"], "optim=adamw is not an option"),
     (["trainer.progress_bar=maybe"], "trainer.progress_bar"),
     (["+rerun=0123456789abcdef", "logger=none"], "logger=mlflow"),
     (["trainer=numpy", "trainer.accelerator=gpu"], "trainer.accelerator"),

@@ -197,3 +197,13 @@ def test_the_progress_bar_counts_training_steps(ws: Workspace) -> None:
 def test_an_error_names_the_value_typed(ws: Workspace) -> None:
     proc = ws.train("trainer.accelerator=cuda", check=False)
     assert proc.returncode == 2 and "error: trainer.accelerator=cuda was requested" in proc.stderr
+
+
+@pytest.mark.parametrize("typo", ["experiment=nmupy", "hparams_search=optunaa", "+optim.lrr=1e-3",
+                                  "+trainer.max_step=5"])
+def test_a_typo_is_one_line_exit_2_and_no_record(ws: Workspace, typo: str) -> None:
+    proc = ws.train("trainer=numpy", "trainer.max_steps=3", typo, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.strip() and "INFO" not in ln]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and typo in errors[0], proc.stderr[-2000:]
+    assert not ws.db.exists()  # refused before the store was opened

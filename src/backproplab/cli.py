@@ -22,7 +22,31 @@ def _train(cfg: DictConfig) -> float:
     return main(cfg)
 
 
+def unknown_option(args: list[str]) -> str | None:
+    """The one line for a config group option that does not exist (``experiment=nmupy``), else None.
+
+    Hydra refuses it too, in several lines and with exit 1; a typo deserves one line and the exit code of the
+    other refusals (2). Plain choices and comma lists are checked; Hydra's sweep functions are left to Hydra."""
+    for arg in args:
+        group, sep, value = arg.partition("=")
+        # hydra/... groups are extended by Hydra's plugins (launchers, sweepers): Hydra knows their options
+        if not sep or arg.startswith(("-", "+", "~")) or "/" in group or "(" in value:
+            continue
+        if not (conf_dir() / group).is_dir():
+            continue
+        there = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+        for option in value.split(","):
+            if option not in there and option != "null":
+                return f"error: {group}={option} is not an option of {group}; options: {', '.join(there)}"
+    return None
+
+
 def train() -> None:
+    import sys
+
+    if line := unknown_option(sys.argv[1:]):
+        print(line, file=sys.stderr)
+        sys.exit(2)
     try:
         _train()
     finally:
