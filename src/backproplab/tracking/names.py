@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,7 +27,7 @@ def split_override(item: str) -> tuple[str, str]:
     return key, value
 
 
-def run_name(cfg: DictConfig, overrides: list[str] = (), swept: list[str] = ()) -> str:  # type: ignore[assignment]
+def run_name(cfg: DictConfig, overrides: Sequence[str] = (), swept: Sequence[str] = ()) -> str:
     """The preset's name (``nn``) or ``trainer-model-optim``; in a sweep, plus the swept values that the base
     does not already say: ``optim lr=0.001``, ``lightning-sequential-adam lr=0.001``."""
     preset = cfg.get("preset")
@@ -43,12 +44,12 @@ def run_name(cfg: DictConfig, overrides: list[str] = (), swept: list[str] = ()) 
     return " ".join([base, *parts])[:NAME_LIMIT]
 
 
-def sweep_name(overrides: list[str], fallback: str) -> str:
+def sweep_name(overrides: Sequence[str], fallback: str) -> str:
     """A sweep's parent run is named by what it sweeps: ``optim=sgd,adam optim.lr=1e-3,1e-4``."""
     return (" ".join(overrides) or fallback)[:NAME_LIMIT]
 
 
-def command(overrides: list[str], multirun: bool = False) -> str:
+def command(overrides: Sequence[str], multirun: bool = False) -> str:
     """The command that makes this run again, e.g. ``python scripts/train.py model=dynamic optim=adam``."""
     script = Path(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else Path("scripts/train.py")
     if script.is_absolute() and script.is_relative_to(Path.cwd()):

@@ -55,7 +55,7 @@ class ReportResult:
 
 
 # -- reading MLflow ------------------------------------------------------------------------------------------
-def _search_all(client: Any, experiment_ids: list[str], filter_string: str, order_by: list[str]) -> list[Any]:
+def search_all(client: Any, experiment_ids: list[str], filter_string: str, order_by: list[str]) -> list[Any]:
     """Every matching run, page by page (one page is capped by the store)."""
     runs: list[Any] = []
     token = None
@@ -71,7 +71,7 @@ def _search_all(client: Any, experiment_ids: list[str], filter_string: str, orde
 
 def _latest_parent(client: Any, experiment_id: str) -> str | None:
     """The most recently started run that has children (a sweep's parent, whoever created it)."""
-    children = _search_all(client, [experiment_id], f"tags.`{PARENT_TAG}` LIKE '%'", [])
+    children = search_all(client, [experiment_id], f"tags.`{PARENT_TAG}` LIKE '%'", [])
     parent_ids = sorted({r.data.tags[PARENT_TAG] for r in children})
     best: Any = None
     for i in range(0, len(parent_ids), 100):  # chunks keep the IN list well under sqlite's variable limit
@@ -322,7 +322,7 @@ def make_report(
     client, parent = _resolve(tracking_uri, experiment, parent_run_id)
     parent_run_id = parent.info.run_id
     # the parent's own experiment: an explicit --parent is enough to find its children
-    children = _search_all(
+    children = search_all(
         client,
         [parent.info.experiment_id],
         f"tags.`{PARENT_TAG}` = '{parent_run_id}'",

@@ -91,13 +91,12 @@ class MlflowSweepCallback(Callback):
                 sys.exit(1)
         if config.logger.name != "mlflow" or not hasattr(self, "parent_id"):
             return
+        from backproplab.tracking.report import search_all
         from backproplab.tracking.store import PARENT_TAG
 
         self.ended = True
         client, exp_id = self._client(config)
-        children = client.search_runs(
-            [exp_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}'", max_results=10000
-        )
+        children = search_all(client, [exp_id], f"tags.`{PARENT_TAG}` = '{self.parent_id}'", [])
         counts: dict[str, int] = {}
         for run in children:
             status, reason = run.info.status, run.data.tags.get("failure_reason", "")
