@@ -23,6 +23,8 @@ from benchmarks.processes import _child_imports, bench_imports, bench_startup, b
 from benchmarks.report import flat_ratios, log_to_mlflow, markdown, targets
 from benchmarks.scaling import bench_compile, bench_scaling
 
+# measured after the other in-process sections: TensorFlow's thread pools must not touch torch's figures
+LAST = ("tensorflow",)
 SECTIONS = ("trainers", "mlflow", "startup", "imports", "sweep", "scaling", "compile")
 
 
@@ -107,11 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[bench] {key} failed: {errors[key]}", file=sys.stderr, flush=True)
         meta["load_samples"].append(load())
 
+    from backproplab.trainers import registry
+
+    paired = [t for t in PAIRS if t in registry.trainers()]  # in the tutorial's order
     with tempfile.TemporaryDirectory(prefix="backproplab-bench-") as tmp_name:
         tmp = Path(tmp_name)
         # in-process first; TensorFlow last of them, so that its thread pools cannot touch torch's figures
         if "trainers" in sections:
-            section("trainers", lambda: bench_trainers(s, [t for t in PAIRS if t != "tensorflow"]))
+            section("trainers", lambda: bench_trainers(s, [t for t in paired if t not in LAST]))
         if "mlflow" in sections:
             section("mlflow_loop", lambda: bench_mlflow_loop(s, s.mlflow_trainers, tmp))
         if "scaling" in sections:
@@ -125,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "compile" in sections:
             section("compile", lambda: bench_compile(s))
         if "trainers" in sections:
-            section("trainers_tf", lambda: bench_trainers(s, ["tensorflow"]))
+            section("trainers_tf", lambda: bench_trainers(s, [t for t in paired if t in LAST]))
             results.setdefault("trainers", {}).update(results.pop("trainers_tf", {}))
         # fresh processes
         if "mlflow" in sections:
@@ -138,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             section("sweep", lambda: bench_sweep(s, tmp))
 
     if "trainers" in results:  # in the tutorial's order
-        results["trainers"] = {k: results["trainers"][k] for k in PAIRS if k in results["trainers"]}
+        results["trainers"] = {k: results["trainers"][k] for k in paired if k in results["trainers"]}
+    # a trainer the registry has but the benchmark has no reference loop for is named, not silently left out
+    results["trainers_without_reference"] = [t for t in registry.trainers() if t not in PAIRS]
     meta["load_end"] = load()
     meta["duration_s"] = time.perf_counter() - start
     if "torch" in sys.modules:
