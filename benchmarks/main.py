@@ -7,7 +7,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -16,7 +15,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import CHILD_MARK, PAIRS, QUICK, REPO, Settings, load
+from backproplab import runtime
+from benchmarks.common import CHILD_MARK, PAIRS, QUICK, Settings, load
 from benchmarks.loops import bench_trainers
 from benchmarks.mlflow_cost import _child_fixed, bench_mlflow_fixed, bench_mlflow_loop
 from benchmarks.processes import _child_imports, bench_imports, bench_startup, bench_sweep
@@ -44,7 +44,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="set OMP/OpenBLAS/MKL threads (numpy, torch; also in the processes it starts): on a "
                         "loaded machine multi-threaded BLAS on the tutorial's tiny matrices stalls on every call")
     p.add_argument("--mlflow", action="store_true", help="log the benchmark as a run of experiment `benchmarks`")
-    p.add_argument("--tracking-uri", help="the store for --mlflow (default: <cwd>/mlruns/mlflow.db)")
+    p.add_argument("--tracking-uri", help="the store for --mlflow (default: $MLFLOW_TRACKING_URI, else <cwd>/mlflow.db)")
     args = p.parse_args(argv)
     unknown = set(args.only.split(",")) - set(SECTIONS)
     if unknown:
@@ -67,14 +67,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return s
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_child"]:
@@ -92,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": asdict(s),
         "sections": sorted(sections),
         "threads": args.threads or "library defaults",
-        "git_commit": git_commit(),
+        "git_commit": runtime.git_commit(),
         "load_start": load(),
         "command": " ".join(["python scripts/bench.py", *argv]),
     }

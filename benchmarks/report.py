@@ -205,7 +205,7 @@ def flat_ratios(results: dict[str, Any]) -> dict[str, float]:
 
 def log_to_mlflow(results: dict[str, Any], json_path: Path, md_path: Path, tracking_uri: str | None) -> str:
     """The benchmark as one run of experiment `benchmarks`: the headline figures as metrics, JSON and Markdown
-    as artifacts. The store is the pipeline's (<cwd>/mlruns/mlflow.db unless --tracking-uri says)."""
+    as artifacts. The store is the pipeline's (<cwd>/mlflow.db unless --tracking-uri or MLFLOW_TRACKING_URI says)."""
     from omegaconf import OmegaConf
 
     from backproplab.tracking.store import open_store

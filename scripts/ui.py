@@ -4,15 +4,14 @@
     python scripts/ui.py --port 5001 --experiment benchmarks
 
 It prints the runs table's address (MLflow 3's UI otherwise opens an experiment on its GenAI view), then
-becomes ``mlflow ui`` on the store that scripts/train.py writes by default.
+becomes ``mlflow ui`` on the store that scripts/train.py writes by default. With MLFLOW_TRACKING_URI set to a
+tracking server it prints that server's address and starts nothing.
 """
 
 import argparse
 import os
-import shutil
-import sys
 
-from backproplab.tracking.ui import runs_table_address, store
+from backproplab.tracking.ui import plan
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(prog="ui.py", description=__doc__.split("\n\n")[0])
@@ -20,10 +19,7 @@ if __name__ == "__main__":
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=5000)
     args = ap.parse_args()
-    uri, artifacts = store()
-    print(runs_table_address(uri, args.experiment, f"http://{args.host}:{args.port}"), flush=True)
-    mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
-    cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    if artifacts:
-        cmd += ["--default-artifact-root", artifacts]
-    os.execv(mlflow, cmd)
+    lines, command = plan(args.experiment, args.host, args.port)
+    print("\n".join(lines), flush=True)
+    if command:
+        os.execv(command[0], command)

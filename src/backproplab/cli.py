@@ -22,11 +22,16 @@ def _train(cfg: DictConfig) -> float:
     return main(cfg)
 
 
+ELSEWHERE = ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name")
+
+
 def unknown_option(args: list[str]) -> str | None:
     """The one line for a config group option that does not exist (``experiment=nmupy``), else None.
 
     Hydra refuses it too, in several lines and with exit 1; a typo deserves one line and the exit code of the
     other refusals (2). Plain choices and comma lists are checked; Hydra's sweep functions are left to Hydra."""
+    if any(a.split("=")[0] in ELSEWHERE or a.startswith("hydra.searchpath") for a in args):
+        return None  # options from another config tree: Hydra knows them
     for arg in args:
         group, sep, value = arg.partition("=")
         # hydra/... groups are extended by Hydra's plugins (launchers, sweepers): Hydra knows their options
@@ -35,7 +40,7 @@ def unknown_option(args: list[str]) -> str | None:
         if not (conf_dir() / group).is_dir():
             continue
         there = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
-        for option in value.split(","):
+        for option in (v.strip("'\"") for v in value.split(",")):
             if option not in there and option != "null":
                 return f"error: {group}={option} is not an option of {group}; options: {', '.join(there)}"
     return None

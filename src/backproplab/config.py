@@ -1,7 +1,8 @@
 """Validation of a composed config, in one place, before any work starts.
 
-Every problem is reported as one line naming the key, the bad value and what is allowed. Hydra's own
-errors (an unknown group option, an unknown key) come earlier and keep their own clear form.
+Every problem is reported as one line naming the key, the bad value and what is allowed. An unknown group
+option is refused even earlier (backproplab/cli.py); Hydra's own error for overriding a key that does not exist
+keeps its form.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import math
 import os
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from backproplab.runtime import ConfigError
 from backproplab.steps import CKPT_META
 from backproplab.trainers import registry
 
@@ -22,10 +24,6 @@ INITS = ("default", "randn")
 NO_GPU = (
     "trainer.accelerator={} was requested but no CUDA device is available; use trainer.accelerator=cpu or auto"
 )
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message is the one line shown to the user."""
 
 
 def _int(cfg: DictConfig, key: str, minimum: int) -> None:
@@ -63,6 +61,8 @@ def refuse_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
             continue
         parent, _, leaf = key.rpartition(".")
         node = cfg_get(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig) and "_target_" in node:
+            continue  # passed on to the object it builds (+optim.optimizer.weight_decay=1e-4)
         there = [str(k) for k in node.keys() if str(k) != leaf] if isinstance(node, DictConfig) else []
         close = difflib.get_close_matches(leaf, there, n=1)
         hint = f"did you mean {parent + '.' if parent else ''}{close[0]}=...? " if close else ""
@@ -175,6 +175,12 @@ def check_support(cfg: DictConfig) -> None:
     """Refuse a trainer x model x optim x accelerator combination the trainer cannot run (its yaml says)."""
     name = cfg.trainer.name
     spec = registry.spec(name)
+    given = {"module": cfg.trainer.get("module"), "supports": OmegaConf.to_container(cfg.trainer.get("supports", {}))}
+    if given != spec.declared:
+        raise ConfigError(
+            f"trainer.module and trainer.supports say what trainer={name} is (conf/trainer/{name}.yaml): they are "
+            "read from that file and cannot be overridden"
+        )
     for group in ("model", "optim"):
         chosen = cfg[group].name
         if not spec.supports(group, chosen):

@@ -68,6 +68,8 @@ def train(cfg: DictConfig) -> float:
         from backproplab.tracking.rerun import rerun_config
 
         cfg = rerun_config(cfg)
+        with open_dict(cfg):  # what the trainer is declared to be today, not when the run was recorded
+            cfg.trainer.update(registry.spec(cfg.trainer.name).declared)
     refuse_added_keys(cfg, hydra_overrides())
     validate(cfg)
     with open_dict(cfg):

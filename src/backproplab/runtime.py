@@ -10,6 +10,10 @@ from functools import cache
 from pathlib import Path
 
 
+class ConfigError(ValueError):
+    """A config value that cannot work; the message is the one line shown to the user."""
+
+
 def mask_secrets(uri: str) -> str:
     """``http://user:password@host`` -> ``http://user:***@host``; ``https://TOKEN@host`` -> ``https://***@host``;
     also tokens in a query string."""

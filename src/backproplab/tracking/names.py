@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from omegaconf import DictConfig
 
+from backproplab.runtime import mask_secrets
+
 UI = "http://127.0.0.1:5000"  # where `make ui` / plain `mlflow ui` serve a local store
 NAME_LIMIT = 250  # MLflow's limit on a run name
 # MLflow 3's UI shows an experiment in its GenAI view (traces, token usage) unless the address asks for the
@@ -51,10 +53,15 @@ def sweep_name(overrides: Sequence[str], fallback: str) -> str:
 
 def command(overrides: Sequence[str], multirun: bool = False) -> str:
     """The command that makes this run again, e.g. ``python scripts/train.py model=dynamic optim=adam``."""
-    script = Path(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else Path("scripts/train.py")
-    if script.is_absolute() and script.is_relative_to(Path.cwd()):
-        script = script.relative_to(Path.cwd())
-    return shlex.join(["python", str(script), *(["-m"] if multirun else []), *overrides])
+    argv0 = sys.argv[0] if sys.argv else ""
+    if argv0.endswith(".py"):
+        script = Path(argv0)
+        if script.is_absolute() and script.is_relative_to(Path.cwd()):
+            script = script.relative_to(Path.cwd())
+        prog = ["python", str(script)]
+    else:  # the console script of an installed package (a joblib worker too: its argv[0] is not ours)
+        prog = ["backproplab-train"]
+    return shlex.join([*prog, *(["-m"] if multirun else []), *overrides])
 
 
 def run_page(tracking_uri: str, experiment_id: str, run_id: str, default_store: bool) -> str:
@@ -62,14 +69,21 @@ def run_page(tracking_uri: str, experiment_id: str, run_id: str, default_store: 
     that ``make ui`` (or ``mlflow ui --backend-store-uri ...``) serves, with how to start it."""
     path = f"/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING}"
     if tracking_uri.startswith(("http://", "https://")):
-        parts = urlsplit(tracking_uri)
-        host = parts.hostname or ""
-        netloc = f"[{host}]" if ":" in host else host
-        if parts.port:
-            netloc += f":{parts.port}"
-        return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}{path}"  # never the credentials
-    how = "make ui, or mlflow ui here" if default_store else f"mlflow ui --backend-store-uri {tracking_uri}"
+        return server_address(tracking_uri) + path
+    how = "make ui, or mlflow ui here"
+    if not default_store:
+        how = f"mlflow ui --backend-store-uri {mask_secrets(tracking_uri)}"
     return f"{UI}{path} (after: {how})"
+
+
+def server_address(tracking_uri: str) -> str:
+    """A tracking server's own address, never its credentials: ``https://user:pw@host:5000/`` -> ``https://host:5000``."""
+    parts = urlsplit(tracking_uri)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
 def runs_table(base: str, experiment_id: str) -> str:

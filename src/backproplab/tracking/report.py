@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backproplab.tracking.store import PARENT_TAG
+from backproplab.tracking.store import PARENT_TAG, default_store
 
 LOSS_KEY = "train/loss"
 ARTIFACT_PATH = "report"
@@ -372,16 +372,6 @@ def make_report(
     return ReportResult(parent_run_id, out_dir, png, md, csv_path, rows, curves, labels)
 
 
-def _default_uri() -> str:
-    """The pipeline's own default store (``MLFLOW_TRACKING_URI``, else ``<cwd>/mlflow.db``); the caller
-    checks that a sqlite one exists (a report only reads)."""
-    from omegaconf import OmegaConf
-
-    from backproplab.tracking.store import store_location
-
-    return store_location(OmegaConf.create({"tracking_uri": None}))[0]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python scripts/report.py [--experiment E] [--parent ID|latest] [--tracking-uri URI] [--out DIR]``."""
     ap = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0])
@@ -394,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlflow.exceptions import MlflowException
 
     try:
-        uri = args.tracking_uri or _default_uri()
+        uri = args.tracking_uri or default_store()[0]
         parent = resolve_parent(uri, args.experiment, None if args.parent == "latest" else args.parent)
         out = args.out or Path("reports") / parent
         result = make_report(uri, args.experiment, parent, out, log_artifacts=not args.no_log)

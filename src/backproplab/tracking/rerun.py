@@ -10,7 +10,7 @@ import tempfile
 
 from omegaconf import DictConfig, OmegaConf
 
-from backproplab.config import ConfigError
+from backproplab.runtime import ConfigError
 from backproplab.tracking.store import open_store
 
 _ABSENT = object()

@@ -35,6 +35,13 @@ def chosen_uri(logger_cfg: DictConfig) -> str | None:
     uri = logger_cfg.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
     return str(uri) if uri else None
 
+def default_store() -> tuple[str, str | None]:
+    """Where scripts/train.py records from this directory when nothing says otherwise (MLFLOW_TRACKING_URI counts)."""
+    from omegaconf import OmegaConf
+
+    return store_location(OmegaConf.create({"tracking_uri": None}))
+
+
 def store_location(logger_cfg: DictConfig) -> tuple[str, str | None]:
     """(tracking URI, artifact root for new experiments).
 
@@ -45,13 +52,18 @@ def store_location(logger_cfg: DictConfig) -> tuple[str, str | None]:
     if uri := chosen_uri(logger_cfg):
         return uri, None
     here = launch_dir().resolve()
-    db, old = here / "mlflow.db", here / "mlruns" / "mlflow.db"
+    return f"sqlite:///{here / 'mlflow.db'}", (here / "mlruns").as_uri()
+
+
+def _note_older_store(uri: str) -> None:
+    """A new default store beside the one this project used before (./mlruns/mlflow.db): say how to keep it."""
+    db = Path(uri.removeprefix("sqlite:///"))
+    old = db.parent / "mlruns" / "mlflow.db"
     if old.is_file() and not db.exists():
         log.warning(
             "this run records in %s (MLflow's default store); the runs of %s stay there: to keep using that "
             "store, run with logger.tracking_uri=sqlite:///%s", db, old, old,
         )
-    return f"sqlite:///{db}", (here / "mlruns").as_uri()
 
 def open_store(logger_cfg: DictConfig) -> tuple[Any, str]:
     """(MlflowClient, experiment id), or one clear TrackingError: an unwritable directory, a file that is
@@ -62,8 +74,10 @@ def open_store(logger_cfg: DictConfig) -> tuple[Any, str]:
     uri = str(logger_cfg.get("tracking_uri") or "")
     try:
         uri, artifact_location = store_location(logger_cfg)
+        if chosen_uri(logger_cfg) is None:
+            _note_older_store(uri)
         if uri.startswith(("http://", "https://")):
-            _probe(uri)
+            probe(uri)
         with _creation_lock(uri):
             client = MlflowClient(uri)
             name = logger_cfg.experiment_name
@@ -78,7 +92,7 @@ def open_store(logger_cfg: DictConfig) -> tuple[Any, str]:
         ) from None
     return client, exp_id
 
-def _probe(uri: str, timeout: float = 5.0) -> None:
+def probe(uri: str, timeout: float = 5.0) -> None:
     """Fail in seconds, not after MLflow's minutes of HTTP retries, when nothing listens."""
     import socket
     from urllib.parse import urlsplit

@@ -1,4 +1,4 @@
-"""PyTorch: Tensors and autograd (seed/autograd.py). The forward pass only; ``loss.backward()`` computes the
+"""PyTorch: Tensors and autograd. The forward pass only; ``loss.backward()`` computes the
 gradients, and the update is done by hand under ``torch.no_grad()``.
 
 The config may add biases, the mean loss and the dynamic net (the shared middle layer is applied

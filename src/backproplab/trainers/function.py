@@ -1,4 +1,4 @@
-"""Defining new autograd functions (seed/custom_function.py): the autograd example, with the tutorial's
+"""Defining new autograd functions: the autograd example, with the tutorial's
 own ReLU, ``MyReLU.apply`` (backproplab/functions.py), in place of ``clamp(min=0)``.
 
 The tutorial's example is the autograd example with that one line changed, so this trainer runs the

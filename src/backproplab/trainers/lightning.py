@@ -87,11 +87,11 @@ class StepReporter(L.Callback):
     process in ``trainer.callback_metrics``, where ``replay`` hands it to the recorder.
     """
 
-    def __init__(self, on_step: OnStep):
+    def __init__(self, on_step: OnStep, divergence_factor: float | None = None):
         self.on_step: OnStep | None = on_step
         self.grads0: dict[str, np.ndarray] = {}
         self.exception: BaseException | None = None
-        self.worker = Recorder()  # a spawned worker's curve (and NaN check) until it is sent back
+        self.worker = Recorder(divergence_factor)  # a spawned worker's curve and checks, until sent back
         self.last = float("nan")
 
     def __getstate__(self) -> dict[str, Any]:
@@ -168,7 +168,7 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
     net = load_weights(instantiate(cfg.model.net).to(dtype), problem.weights)
     meta = {"model": cfg.model.name, "optim": cfg.optim.name}
     module = TutorialModule(net, instantiate(cfg.loss.criterion), instantiate(cfg.optim.optimizer), problem, meta)
-    reporter = StepReporter(on_step)
+    reporter = StepReporter(on_step, cfg.trainer.get("divergence_factor"))
     t = cfg.trainer
     callbacks: list[L.Callback] = [reporter]
     show_bar = progress_bar(t.get("progress_bar", "auto"))
@@ -188,6 +188,7 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
                 filename="step_{step:06d}",
                 auto_insert_metric_name=False,
                 every_n_train_steps=t.checkpoint_every,
+                enable_version_counter=False,  # a rolling file: never last-v1.ckpt beside last.ckpt
             )
         )
     trainer = L.Trainer(

@@ -1,4 +1,4 @@
-"""Warm-up: numpy (seed/numpy_manual.py). Forward and backward pass by hand, on the CPU.
+"""Warm-up: numpy. Forward and backward pass by hand, on the CPU.
 
 The tutorial's loop, plus what the config may add: biases (model.bias), the mean loss (loss=mse_mean) and the
 dynamic net, whose shared middle layer is applied problem.repeats[i] times at step i; its gradients are

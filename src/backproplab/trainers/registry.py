@@ -36,6 +36,7 @@ class TrainerSpec:
     checkpoints: bool  # checkpoints and resume (ckpt_path)
     reference: bool  # verify compares every trainer with this one
     why: str  # said when a model it lacks is asked for
+    declared: dict  # module and supports as the yaml has them: a run's config must not override them
 
     def supports(self, group: str, option: str) -> bool:
         return option in getattr(self, group + "s")
@@ -66,6 +67,7 @@ def _spec(path: Path) -> TrainerSpec:
         checkpoints=bool(s.get("checkpoints", False)),
         reference=bool(s.get("reference", False)),
         why=str(s.get("why", "")),
+        declared={"module": raw["module"], "supports": s},
     )
 
 

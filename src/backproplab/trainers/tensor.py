@@ -1,4 +1,4 @@
-"""PyTorch: Tensors (seed/tensor_manual.py). The numpy trainer's math on torch tensors, backward by hand,
+"""PyTorch: Tensors. The numpy trainer's math on torch tensors, backward by hand,
 on the CPU or a CUDA device.
 
 As in the numpy trainer, the config may add biases, the mean loss and the dynamic net (the shared middle

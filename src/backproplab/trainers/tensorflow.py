@@ -1,4 +1,4 @@
-"""TensorFlow: static graphs (seed/tf_static.py). The graph is built once: placeholders for x and y, the
+"""TensorFlow: static graphs. The graph is built once: placeholders for x and y, the
 forward pass, ``tf.gradients`` and the ``assign`` updates; a Session then runs it at every step.
 
 TensorFlow 2 runs the TF1 code through ``tf.compat.v1`` inside an explicit ``tf.Graph()`` (no global
