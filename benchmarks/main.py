@@ -44,7 +44,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="set OMP/OpenBLAS/MKL threads (numpy, torch; also in the processes it starts): on a "
                         "loaded machine multi-threaded BLAS on the tutorial's tiny matrices stalls on every call")
     p.add_argument("--mlflow", action="store_true", help="log the benchmark as a run of experiment `benchmarks`")
-    p.add_argument("--tracking-uri", help="the store for --mlflow (default: $MLFLOW_TRACKING_URI, else <cwd>/mlflow.db)")
+    p.add_argument("--tracking-uri", help="the store for --mlflow (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     args = p.parse_args(argv)
     unknown = set(args.only.split(",")) - set(SECTIONS)
     if unknown:

@@ -27,7 +27,7 @@ from benchmarks.common import (
 
 
 def bench_startup(s: Settings, tmp: Path) -> dict[str, Any]:
-    """Whole-process wall time: `train.py trainer=numpy logger=none` against `python benchmarks/reference/numpy_loop.py`.
+    """Whole-process wall time: `train.py trainer=numpy logger=none` against the reference numpy_loop.py script.
 
     Also `experiment=numpy logger=none`, the like-for-like process (float64 and the tutorial's net, as the
     script; trainer=numpy alone trains the default float32 net with biases)."""
