@@ -33,7 +33,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                      "at_most": at_most, "met": ok})
 
     for name, r in results.get("trainers", {}).items():
-        what = "tutorial optim loop" if name == "lightning" else "its tutorial loop"
+        what = "the reference optim loop" if name == "lightning" else "its reference loop"
         add(f"{name} loop vs {what} ({r['tutorial']}.py)", r["ratio"], r["target"], "x")
     for name, r in results.get("mlflow_loop", {}).items():
         add(f"{name} loop with logger=mlflow vs logger=none", r["ratio"], r["target"], "x")
@@ -43,7 +43,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             TARGETS["mlflow_fixed_later_s"], "s")
     st = results.get("startup", {})
     if "ratio" in st:
-        add("numpy process vs tutorial numpy process", st["ratio"], st["target"], "x")
+        add("numpy process vs the reference numpy script", st["ratio"], st["target"], "x")
     imp = results.get("imports", {})
     if "numpy_forbidden" in imp:
         rows.append({"target": "numpy process imports no torch / TensorFlow / Lightning",
@@ -51,7 +51,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                      "at_most": True, "met": not imp["numpy_forbidden"]})
     sw = results.get("sweep", {})
     if "ratio" in sw:
-        add(f"{len(sw['experiments'])}-experiment sweep vs the tutorial processes", sw["ratio"], sw["target"], "x")
+        add(f"{len(sw['experiments'])}-experiment sweep vs the reference scripts as processes", sw["ratio"],
+            sw["target"], "x")
     sc = results.get("scaling", {})
     for r in sc.get("rows", []):
         if r["size"] == sc["largest"] and r["impl"] in TORCH_TRAINERS:
@@ -92,9 +93,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {t['target']} | {measured} | {limit} | {verdict(t['met'])} |")
 
     if tr := results.get("trainers"):
-        lines += ["", f"## Trainers against the tutorial's loops ({m['settings']['steps']} steps, logger=none)", "",
-                  "| trainer | tutorial loop | trainer loop s | tutorial loop s | ratio | whole train() call s | "
-                  "final loss trainer / tutorial |", "|---|---|---:|---:|---:|---:|---|"]
+        lines += ["", f"## Trainers against the reference loops ({m['settings']['steps']} steps, logger=none)", "",
+                  "| trainer | reference loop | trainer loop s | reference loop s | ratio | whole train() call s | "
+                  "final loss trainer / reference |", "|---|---|---:|---:|---:|---:|---|"]
         for name, r in tr.items():
             lines.append(
                 f"| {name} | {r['tutorial']}.py | {fmt(r['loop_s']['trainer'], 3)} | {fmt(r['loop_s']['tutorial'], 3)}"
@@ -146,12 +147,12 @@ def markdown(results: dict[str, Any]) -> str:
             if isinstance(r, dict):
                 lines.append(f"| {name} | {', '.join(r['heavy']) or 'none'} | {fmt(r['process_s'])} |")
     if sw := results.get("sweep"):
-        lines += ["", "## The sweep in one command against the tutorial's processes", ""]
+        lines += ["", "## The sweep in one command against the reference scripts", ""]
         if "skipped" in sw:
             lines.append(f"skipped: {sw['skipped']}")
         else:
             lines += ["| | s |", "|---|---:|", f"| `{sw['command']}` | {fmt(sw['sweep_s'], 1)} |",
-                      f"| the {len(sw['experiments'])} tutorial scripts, one process each | "
+                      f"| the {len(sw['experiments'])} reference scripts, one process each | "
                       f"{fmt(sw['tutorial_s'], 1)} |",
                       f"| ratio | {fmt(sw['ratio'])}× |"]
     if sc := results.get("scaling"):

@@ -79,7 +79,7 @@ def test_markdown_report_is_printed_and_written(quick: tuple[dict, str, str]) ->
     data, md, stdout = quick
     assert md.strip() in stdout
     assert "| target | measured | target | verdict |" in md
-    for heading in ("## Targets", "## Trainers against the tutorial's loops", "## MLflow: the loop",
+    for heading in ("## Targets", "## Trainers against the reference loops", "## MLflow: the loop",
                     "## MLflow: fixed cost", "## Scaling on cpu"):
         assert heading in md, heading
     # every target is one table row of four cells
