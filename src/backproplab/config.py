@@ -13,14 +13,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from backproplab.runtime import ConfigError
+from backproplab.runtime import ConfigError, conf_dir
 from backproplab.steps import CKPT_META
 from backproplab.trainers import registry
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
 DTYPES = ("float32", "float64")
-INITS = ("default", "randn")
+INITS = ("default", "randn", "fixed")
 NO_GPU = (
     "trainer.accelerator={} was requested but no CUDA device is available; use trainer.accelerator=cpu or auto"
 )
@@ -75,15 +75,23 @@ def refuse_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first invalid value; check the cheap things before CUDA/TF probes."""
     _int(cfg, "seed", 0)
+    check_fit(cfg)
     for key in ("data.n", "data.d_in", "data.d_out", "model.hidden", "trainer.max_steps"):
-        _int(cfg, key, 1)
+        if key == "trainer.max_steps" or cfg_get(cfg, key) is not None:  # the keys this data and model have
+            _int(cfg, key, 1)
     _choice(cfg, "data.dtype", DTYPES)
     _choice(cfg, "model.init", INITS)
+    if cfg.model.init == "fixed" and not isinstance(cfg.model.get("start"), DictConfig):
+        raise ConfigError(
+            f"model.init=fixed needs model.start (a starting value for each parameter); model={cfg.model.name} "
+            "has none: use model.init=randn or default"
+        )
     _choice(cfg, "loss.reduction", ("sum", "mean"))
-    if not isinstance(cfg.model.bias, bool):
+    if "bias" in cfg.model and not isinstance(cfg.model.bias, bool):
         raise ConfigError(f"model.bias={cfg.model.bias!r} is invalid: expected true or false")
-    if cfg.model.name == "dynamic":
-        _int(cfg, "model.max_repeats", 0)
+    for key in ("max_repeats", "max_extra_terms"):  # the dynamic models
+        if key in cfg.model:
+            _int(cfg, f"model.{key}", 0)
     lr = cfg.optim.lr
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ConfigError(f"optim.lr={lr!r} is invalid: expected a finite number > 0")
@@ -149,7 +157,7 @@ def _check_resume(cfg: DictConfig) -> None:
     for key in sorted(wanted):
         if wanted[key] != found[key]:
             raise ConfigError(
-                f"{where} does not fit model={cfg.model.name} with model.hidden={cfg.model.hidden}: "
+                f"{where} does not fit model={cfg.model.name} with model.hidden={cfg.model.get('hidden')}: "
                 f"{key} is {list(found[key])} in the checkpoint, {list(wanted[key])} in the model"
             )
     meta = ckpt.get(CKPT_META, {})
@@ -160,6 +168,22 @@ def _check_resume(cfg: DictConfig) -> None:
         raise ConfigError(
             f"{where} is at step {step}, so trainer.max_steps={cfg.trainer.max_steps} leaves "
             f"nothing to train: raise trainer.max_steps above {step}"
+        )
+
+
+def models_for(data: str) -> list[str]:
+    """The models whose yaml says they fit ``data`` (``data: sine`` in conf/model/poly3.yaml)."""
+    yamls = {m: OmegaConf.load(conf_dir() / "model" / f"{m}.yaml") for m in registry.options("model")}
+    return [m for m, y in yamls.items() if y.get("data") == data]
+
+
+def check_fit(cfg: DictConfig) -> None:
+    """A model fits one problem: the two-layer nets the random data, the formulas sin(x)."""
+    data, fits = cfg.data.name, cfg.model.get("data")
+    if fits != data:
+        raise ConfigError(
+            f"model={cfg.model.name} fits data={fits}, not data={data}; models for data={data}: "
+            f"{', '.join(models_for(data))} (an experiment preset sets both: conf/experiment/)"
         )
 
 

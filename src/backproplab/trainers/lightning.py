@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from omegaconf import DictConfig
 
-from backproplab.models import DynamicNet, export_weights, load_weights
+from backproplab.models import export_weights, load_weights
 from backproplab.problem import Problem
 from backproplab.steps import CKPT_META, OnStep, Recorder, Result
 
@@ -55,7 +55,7 @@ class TutorialModule(L.LightningModule):
         self.repeats = problem.repeats
 
     def forward(self, x: torch.Tensor, step: int | None = None) -> torch.Tensor:
-        if isinstance(self.net, DynamicNet):
+        if self.repeats is not None:  # a dynamic model: this step's count from the seeded schedule
             return self.net(x, repeats=None if step is None else int(self.repeats[step]))
         return self.net(x)
 
