@@ -13,15 +13,16 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backproplab.tracking.figures import LOSS_KEY, sweep_figure
 from backproplab.tracking.store import PARENT_TAG, default_store
 
-LOSS_KEY = "train/loss"
 ARTIFACT_PATH = "report"
 # label order: the config groups a user sweeps most, then every other differing key alphabetically
 GROUP_ORDER = ("trainer", "model", "optim", "loss", "data")
@@ -31,7 +32,6 @@ IGNORED_PREFIXES = ("logger.",)
 LOCATION_SUFFIXES = ("_dir", "_path", "_file", "_uri")
 PRESET = "preset"  # the param an experiment preset sets (conf/experiment/*.yaml)
 COLUMNS = ("run", "trainer", "model", "optim", "lr", "final_loss", "steps_per_s", "status")
-DASHES = ("-", "--", "-.", ":")
 HEADERS = {"final_loss": "final loss", "steps_per_s": "steps/s", "failure_reason": "failure reason"}
 
 
@@ -51,6 +51,7 @@ class ReportResult:
     csv: Path
     rows: list[dict[str, Any]] = field(default_factory=list)
     curves: int = 0
+    fits: int = 0  # fitted curves drawn beside the loss curves (runs of a formula model, the sine edition)
     labels: list[str] = field(default_factory=list)  # the legend entry of each row's run
 
 
@@ -103,6 +104,28 @@ def _history(client: Any, run_id: str) -> tuple[list[int], list[float]]:
     points = sorted(client.get_metric_history(run_id, LOSS_KEY), key=lambda m: (m.step, m.timestamp))
     by_step = {m.step: m.value for m in points}
     return list(by_step), list(by_step.values())
+
+
+def _fit(client: Any, run: Any) -> dict | None:
+    """The run's fit.json (logged by a formula model's run, with its ``fit.formula`` tag), else None."""
+    import json
+    import tempfile
+
+    if "fit.formula" not in run.data.tags:
+        return None
+    bar = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # a bar per small file would drown the sweep's summary
+    previous = os.environ.get(bar)
+    os.environ[bar] = "false"
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            return json.loads(Path(client.download_artifacts(run.info.run_id, "fit.json", d)).read_text())
+    except Exception:  # an older run, or one whose artifacts are gone: no fit to draw
+        return None
+    finally:
+        if previous is None:
+            os.environ.pop(bar, None)
+        else:
+            os.environ[bar] = previous
 
 
 def _masked(uri: str) -> str:
@@ -208,50 +231,12 @@ def _row(run: Any, losses: list[float]) -> dict[str, Any]:
         "steps_per_s": _steps_per_s(run),
         "status": run.info.status,
         "failure_reason": tags.get("failure_reason"),
+        "fit": tags.get("fit.formula"),
         "run_id": run.info.run_id,
     }
 
 
 # -- writing -------------------------------------------------------------------------------------------------
-def _plot(curves: Iterable[tuple[str, list[int], list[float], bool]], title: str, path: Path) -> int:
-    """Draw every curve on one log-scale axis and save a PNG; returns the number of lines drawn.
-
-    The legend sits outside the axes, one entry a line, and the figure grows with it, so that the plot keeps
-    its size whatever the number of runs; a long title wraps instead of being cut.
-    """
-    # the object API on an explicit Agg canvas: no pyplot, no global backend switch inside a Hydra callback
-    import textwrap
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    curves = [c for c in curves if c[1]]
-    ncols = max(1, math.ceil(len(curves) / 30))
-    longest = max((len(c[0]) for c in curves), default=0) + 10  # + " [failed]"
-    legend_w = min(ncols * (0.6 + 0.075 * longest), 9.0)
-    height = max(5.0, 1.6 + 0.24 * math.ceil(len(curves) / ncols))
-    fig = Figure(figsize=(8 + legend_w, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for i, (label, steps, values, failed) in enumerate(curves):
-        # a dash pattern per curve as well as a colour: runs with equal losses (sequential vs custom) overlap
-        (line,) = ax.plot(steps, values, label=label + (" [failed]" if failed else ""), linestyle=DASHES[i % 4])
-        if failed:  # where it stopped: its last finite step
-            ax.plot(steps[-1:], values[-1:], marker="x", markersize=9, mew=2, color=line.get_color())
-    ax.set_yscale("log")
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True, steps=[1, 2, 2.5, 5, 10]))
-    ax.set_xlabel("step")
-    ax.set_ylabel(LOSS_KEY)
-    ax.set_title("\n".join(textwrap.wrap(title, width=int(fig.get_figwidth() * 12))), fontsize="medium")
-    ax.grid(True, which="both", alpha=0.3)
-    n = sum(1 for line in ax.get_lines() if not line.get_label().startswith("_"))  # curves, not the x marks
-    if n:
-        fig.legend(loc="outside right upper", fontsize="small", ncols=ncols)
-    fig.savefig(path, dpi=100)
-    return n
-
-
 def _cell(value: Any, digits: str) -> str:
     if value is None:
         return ""
@@ -262,7 +247,8 @@ def _cell(value: Any, digits: str) -> str:
 
 
 def _markdown(rows: list[dict[str, Any]], title: str, summary: str, png_name: str) -> str:
-    cols = list(COLUMNS) + (["failure_reason"] if any(r["failure_reason"] for r in rows) else [])
+    extra = [c for c in ("fit", "failure_reason") if any(r[c] for r in rows)]  # the sine edition's formulas
+    cols = list(COLUMNS) + extra
     numeric = {"final_loss": ".4g", "steps_per_s": ".1f"}
     lines = [f"# {title}", "", summary, "", f"![loss curves]({png_name})", ""]
     lines.append("| " + " | ".join(HEADERS.get(c, c) for c in cols) + " |")
@@ -345,12 +331,14 @@ def make_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     png, md, csv_path = out_dir / "loss_curves.png", out_dir / "report.md", out_dir / "report.csv"
     title = f"{experiment}: {parent.info.run_name} ({len(children)} runs)"
-    curves = _plot(
+    fits = [(lab, fit) for lab, r in zip(labels, children, strict=True) if (fit := _fit(client, r))]
+    curves, drawn = sweep_figure(
         (
             (lab, steps, losses, r.info.status != "FINISHED")
             for lab, (steps, losses), r in zip(labels, histories, children, strict=True)
             if losses
         ),
+        fits,
         title,
         png,
     )
@@ -369,7 +357,7 @@ def make_report(
     if log_artifacts:
         for path in (png, md, csv_path):
             client.log_artifact(parent_run_id, str(path), ARTIFACT_PATH)
-    return ReportResult(parent_run_id, out_dir, png, md, csv_path, rows, curves, labels)
+    return ReportResult(parent_run_id, out_dir, png, md, csv_path, rows, curves, drawn, labels)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -395,5 +383,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: MLflow: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 1
     where = "" if args.no_log else f", logged to run {result.parent_run_id} under {ARTIFACT_PATH}/"
-    print(f"report: {len(result.rows)} runs, {result.curves} curves -> {result.markdown}{where}")
+    fits = f", {result.fits} fits" if result.fits else ""
+    print(f"report: {len(result.rows)} runs, {result.curves} curves{fits} -> {result.markdown}{where}")
     return 0

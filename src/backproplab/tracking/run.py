@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from backproplab.runtime import git_commit, hydra_overrides, is_rank_zero, mask_secrets, sweep_dir
 from backproplab.steps import Recorder
 from backproplab.tracking import names
-from backproplab.tracking.figures import loss_curve
+from backproplab.tracking.figures import fit_plot, loss_curve
 from backproplab.tracking.store import (
     SWEPT_TAG,
     TrackingError,
@@ -95,6 +95,7 @@ class MlflowTracker(Recorder):
             # the run's description in the UI: the command that makes it again
             "mlflow.note.content": names.command(overrides),
         }
+        self.note = tags["mlflow.note.content"]
         if c.get("preset"):
             tags["preset"] = c.preset
         if commit := git_commit():
@@ -182,7 +183,38 @@ class MlflowTracker(Recorder):
         if problem.repeats is not None:
             mlflow.log_text(json.dumps(problem.repeats.tolist()), "repeat_schedule.json")
         mlflow.log_figure(loss_curve(self.steps, self.losses, self.cfg), "loss_curve.png")
+        self.log_dataset(problem)
+        self.log_fit(result, problem)
         self.log_weights(result)
+
+    def log_dataset(self, problem: Any) -> None:
+        """The training data as an MLflow dataset input: the UI's Dataset column says what the run trained on."""
+        import mlflow
+        import mlflow.data
+
+        dataset = mlflow.data.from_numpy(problem.x, targets=problem.y, name=problem.name)
+        retry_locked(mlflow.log_input, dataset, context="training")
+
+    def log_fit(self, result: Any, problem: Any) -> None:
+        """A formula model's fit: the formula (tag ``fit.formula``, ``result.txt``, the description's second line),
+        ``fit.png`` against the data, and the curves as ``fit.json`` (which the sweep report overlays)."""
+        import mlflow
+
+        if problem.formula is None:
+            return
+        text = problem.formula(result.weights)
+        log.info("Result: %s", text)
+        mlflow.set_tags({"fit.formula": text, "mlflow.note.content": f"{self.note}\n\nResult: {text}"})
+        mlflow.log_text(f"Result: {text}\n", "result.txt")
+        curves = problem.curves(result.weights)
+        every = max(1, len(problem.x) // 400)  # enough points for a smooth line, a small file
+        fit = {
+            "x": problem.x[::every].tolist(),
+            "y": problem.y[::every].tolist(),
+            "curves": {name: c[::every].tolist() for name, c in curves.items()},
+        }
+        mlflow.log_text(json.dumps(fit), "fit.json")
+        mlflow.log_figure(fit_plot(fit, f"{self.run.info.run_name}: {text}"), "fit.png")
 
     def log_weights(self, result: Any) -> None:
         import mlflow
