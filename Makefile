@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test lint ui verify bench examples gpu-check
+.PHONY: train test lint ui verify bench examples examples-sine gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: $(STAMP)
 
 examples: $(STAMP)
 	$(PY) scripts/train.py -m experiment=numpy,tensor,autograd,function,tensorflow,nn,optim,module,dynamic
+
+# the tutorial as it is taught today: sin(x) fitted eight ways (conf/experiment/sine_*.yaml)
+examples-sine: $(STAMP)
+	$(PY) scripts/train.py -m experiment=sine_numpy,sine_tensor,sine_autograd,sine_function,sine_nn,sine_optim,sine_module,sine_dynamic
 
 verify: $(STAMP)
 	$(PY) scripts/verify.py $(ARGS)

@@ -46,8 +46,8 @@ def test_all_nine_are_children_of_one_parent(nine: Workspace) -> None:
 
 
 def test_every_experiment_file_is_in_the_multirun() -> None:
-    presets = {p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")}
-    assert presets == set(EXPERIMENTS)
+    presets = {p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml") if not p.stem.startswith("sine_")}
+    assert presets == set(EXPERIMENTS)  # the sine edition's eight: tests/test_sine.py
     for name in EXPERIMENTS:
         assert (REPO / "conf" / "experiment" / f"{name}.yaml").read_text().startswith("# @package _global_")
 
@@ -99,7 +99,7 @@ def test_experiment_record_is_complete(nine: Workspace, name: str) -> None:
         import numpy as np
 
         weights = np.load(client.download_artifacts(run.info.run_id, "weights.npz"))
-        assert sorted(weights.files) == ["w1", "w2"]
+        assert sorted(weights.files) == ["w1", "w2"]  # the original nine are unchanged by the sine edition
         assert weights["w1"].shape == (1000, 100) and weights["w2"].shape == (100, 10)
         assert weights["w1"].dtype == TUTORIAL[name][6]
     if name == "dynamic":
