@@ -86,6 +86,7 @@ def test_experiment_record_is_complete(nine: Workspace, name: str) -> None:
     for key in ("final_loss", "time/total_s", "time/loop_s", "time/step_ms", "throughput/samples_per_s"):
         assert key in run.data.metrics, key
     assert run.data.metrics["time/loop_s"] > 0
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["random-64x1000"]  # the UI's Dataset column
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "loss_curve.png"} <= artifacts
     config = client.download_artifacts(run.info.run_id, "config.yaml")
