@@ -199,6 +199,11 @@ def check_support(cfg: DictConfig) -> None:
     """Refuse a trainer x model x optim x accelerator combination the trainer cannot run (its yaml says)."""
     name = cfg.trainer.name
     spec = registry.spec(name)
+    if absent := registry.missing(name):
+        raise ConfigError(
+            f"trainer={name} needs {', '.join(absent)}, which {'is' if len(absent) == 1 else 'are'} not installed: "
+            f"{spec.install or 'install ' + ' '.join(absent)}"
+        )
     given = {"module": cfg.trainer.get("module"), "supports": OmegaConf.to_container(cfg.trainer.get("supports", {}))}
     if given != spec.declared:
         raise ConfigError(
@@ -227,6 +232,10 @@ def check_support(cfg: DictConfig) -> None:
             f"optim.momentum={cfg.optim.momentum} is not supported by trainer={name} (plain SGD by hand); "
             f"trainers that support it: {', '.join(able('momentum'))}"
         )
+    if spec.optim_rules:  # an optimizer key its rule does not implement (weight_decay, ...): refused before the run
+        from backproplab.optimizers import rule
+
+        rule(cfg, name)
     if str(t.precision) not in spec.precisions:
         raise ConfigError(
             f"trainer.precision={t.precision} is not supported by trainer={name} (allowed: "

@@ -27,6 +27,7 @@ class Result:
     loop_s: float  # wall time of the training loop alone
     model: Any = None  # the trained torch.nn.Module, for the torch trainers
     grads0: dict[str, np.ndarray] = field(default_factory=dict)  # gradients of the first step
+    timings: dict[str, float] = field(default_factory=dict)  # more than the loop, logged as time/<key> (compile_s)
 
 
 class Diverged(RuntimeError):

@@ -146,6 +146,49 @@ def check(
     return Report(ok, title, params, rows)
 
 
+# the optimizer check: how close each backend's curve must come to torch.optim's (relative, float64)
+OPTIM_TOL = {"sgd": 1e-8, "sgd_momentum": 1e-8}  # adam, rmsprop, adagrad: 1e-6
+OPTIM_TOL_DEFAULT = 1e-6
+# Where the check trains: the mean loss, each optim at its default lr but RMSprop at 1e-5. Near a minimum these
+# optimizers amplify rounding exponentially (measured: RMSprop at 1e-4 goes from 1e-16 at step 100 to 1e-2 at
+# step 500 between two exact implementations), which would test the rounding, not the rule.
+OPTIM_CHECK = ["loss=mse_mean"]
+OPTIM_LR = {"rmsprop": 1e-5}
+
+
+def check_optimizers(trainers: list[str], overrides: list[str], config_dir: Path | None = None) -> Report:
+    """Each trainer that runs an optimizer besides plain SGD, for every optimizer it accepts, against the
+    optimizer reference (torch.optim, run by Lightning): the loss curves on one problem (see OPTIM_CHECK).
+    A trainer's optimizer it does not accept shows as "-"."""
+    reference = registry.reference("optim_reference")
+    optims = list(registry.options("optim"))
+    names = [reference, *(t for t in trainers if t != reference and len(registry.spec(t).optims) > 1)]
+    ok, curves = True, {name: [] for name in names}
+    for optim in optims:
+        lr = [f"optim.lr={OPTIM_LR[optim]}"] if optim in OPTIM_LR else []
+        cfgs = compose_configs(names, [*overrides, *OPTIM_CHECK, f"optim={optim}", *lr], config_dir or conf_dir())
+        problem = make_problem(cfgs[reference])
+        ref = run_one(reference, cfgs[reference], problem)
+        for name in names:
+            spec, cfg = registry.spec(name), cfgs[name]
+            if not spec.supports("optim", optim) or not spec.supports("model", cfg.model.name):
+                curves[name].append("-")
+                continue
+            o = ref if name == reference else run_one(name, cfg, problem)
+            if o.error or ref.error:
+                ok = False
+                curves[name].append("FAILED")
+                continue
+            diff = loss_diff(o.losses, ref.losses)
+            ok &= diff <= OPTIM_TOL.get(optim, OPTIM_TOL_DEFAULT)
+            curves[name].append(f"{diff:.1e}" + ("" if diff <= OPTIM_TOL.get(optim, OPTIM_TOL_DEFAULT) else " !"))
+    rows = []
+    for name in names:
+        bad = any(c == "FAILED" or c.endswith("!") for c in curves[name])
+        rows.append([name, *curves[name], "reference" if name == reference else "DISAGREES" if bad else "ok"])
+    return Report(ok, f"optimizers against {reference} (torch.optim)", optims, rows)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="backproplab-verify",
@@ -170,6 +213,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--threads", type=int, default=1,
         help="torch threads while verifying (default 1: six frameworks' thread pools in one process fight "
         "over a small machine's cores, and a check of numbers need not be fast)",
+    )
+    p.add_argument(
+        "--optimizers", default="on", choices=("on", "off"),
+        help="also compare every optimizer a trainer accepts with torch.optim's (default on)",
     )
     p.add_argument("--config-dir", type=Path, default=None, help="the Hydra config tree (default: the project's)")
     p.add_argument("overrides", nargs="*", help="more Hydra overrides, e.g. loss=mse_mean model.init=randn")
@@ -241,8 +288,35 @@ def run_checks(args: argparse.Namespace, console: Any) -> int:
             style = None if not any(w in row[-1] for w in ("DISAGREES", "FAILED")) else "bold red"
             table.add_row(*row, style=style)
         console.print(table)
+    if args.optimizers == "on":
+        all_ok &= print_optimizers(args, console, trainers, overrides)
     console.print("all trainers agree" if all_ok else "[bold red]some trainers disagree[/]")
     return 0 if all_ok else 1
+
+
+def print_optimizers(args: argparse.Namespace, console: Any, trainers: list[str], overrides: list[str]) -> bool:
+    """The optimizer check's table; True when every optimizer agrees."""
+    from rich.table import Table
+
+    base = [o for o in overrides if not o.startswith(("optim=", "optim.lr=", "loss="))]  # the check's own
+    start = time.perf_counter()
+    report = check_optimizers(trainers, base, args.config_dir)
+    if len(report.rows) < 2:  # no trainer besides the reference runs more than plain SGD on this model
+        return True
+    table = Table(
+        title=f"{report.title}: loss curves, {args.steps} steps, float64, mean loss, default lr (rmsprop 1e-5) "
+        f"({time.perf_counter() - start:.1f}s)",
+        caption=f"relative difference; tolerances: sgd, sgd_momentum {OPTIM_TOL['sgd']:g}, "
+        f"others {OPTIM_TOL_DEFAULT:g}; - = not accepted by that trainer",
+    )
+    table.add_column("trainer")
+    for optim in report.params:
+        table.add_column(optim, justify="right")
+    table.add_column("verdict")
+    for row in report.rows:
+        table.add_row(*row, style=None if row[-1] != "DISAGREES" else "bold red")
+    console.print(table)
+    return report.ok
 
 
 if __name__ == "__main__":

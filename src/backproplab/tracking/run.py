@@ -175,6 +175,7 @@ class MlflowTracker(Recorder):
                 "time/loop_s": result.loop_s,
                 "time/step_ms": 1000 * result.loop_s / max(steps, 1),
                 "throughput/samples_per_s": problem.x.shape[0] * steps / max(result.loop_s, 1e-12),
+                **{f"time/{key}": value for key, value in result.timings.items()},
             }
         )
         mlflow.log_text(resolved_yaml(self.cfg), "config.yaml")

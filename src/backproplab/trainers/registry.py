@@ -35,6 +35,10 @@ class TrainerSpec:
     distributed: bool  # several devices / nodes / a strategy
     checkpoints: bool  # checkpoints and resume (ckpt_path)
     reference: bool  # verify compares every trainer with this one
+    optim_reference: bool  # verify's optimizer check compares every trainer's optimizers with this one's
+    optim_rules: bool  # applies torch.optim's rules itself (backproplab/optimizers.py): its keys are checked
+    requires: tuple[str, ...]  # modules of an optional extra (jax, optax): refused in one line when missing
+    install: str  # how to install them, said in that line
     why: str  # said when a model it lacks is asked for
     declared: dict  # module and supports as the yaml has them: a run's config must not override them
 
@@ -66,6 +70,10 @@ def _spec(path: Path) -> TrainerSpec:
         distributed=bool(s.get("distributed", False)),
         checkpoints=bool(s.get("checkpoints", False)),
         reference=bool(s.get("reference", False)),
+        optim_reference=bool(s.get("optim_reference", False)),
+        optim_rules=bool(s.get("optim_rules", False)),
+        requires=listed("requires"),
+        install=str(s.get("install", "")),
         why=str(s.get("why", "")),
         declared={"module": raw["module"], "supports": s},
     )
@@ -82,10 +90,18 @@ def spec(name: str) -> TrainerSpec:
     return trainers()[name]
 
 
-def reference() -> str:
-    """The trainer that verify compares the others with (``supports: {reference: true}``)."""
-    (name,) = [s.name for s in trainers().values() if s.reference]
+def reference(kind: str = "reference") -> str:
+    """The trainer that verify compares the others with (``supports: {reference: true}``), or, with
+    ``kind="optim_reference"``, the one whose optimizers are the reference (torch.optim's)."""
+    (name,) = [s.name for s in trainers().values() if getattr(s, kind)]
     return name
+
+
+def missing(name: str) -> list[str]:
+    """The modules the trainer requires (``supports: {requires: [...]}``) that are not installed."""
+    import importlib.util
+
+    return [m for m in spec(name).requires if importlib.util.find_spec(m) is None]
 
 
 def load(name: str) -> ModuleType:

@@ -1,0 +1,111 @@
+"""JAX: the forward pass as a pure function, ``jax.value_and_grad`` for the backward pass, ``jax.jit`` to
+compile the step and optax for the update.
+
+The dynamic net's repeat count is a static argument: one compiled step per count (0..max_repeats), since
+reverse-mode differentiation through a loop of traced length is not supported. All variants are compiled
+before the loop (``time/compile_s``), so the loop's time is the steps' alone. float64 runs inside
+``jax.enable_x64``, scoped to this run: the next job of a multirun gets JAX's default again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from omegaconf import DictConfig
+
+from backproplab.optimizers import Rule, rule
+from backproplab.problem import Problem
+from backproplab.steps import OnStep, Result
+
+# JAX announces at INFO that it found no TPU on every first use: not news on a CPU or GPU machine
+logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+MIDDLE = ("wm", "bm")  # the dynamic net's shared layer: no gradient at a step that skips it
+
+
+def gpu_available() -> bool:
+    return any(d.platform == "gpu" for d in jax.devices())
+
+
+def transformation(opt: Rule) -> optax.GradientTransformation:
+    """optax's own optimizer where it is torch.optim's math; otherwise the shared rule as an optax transformation."""
+    h = opt.hyper
+    if opt.name in ("sgd", "sgd_momentum"):  # optax.trace: buf = g + momentum * buf, as torch
+        return optax.sgd(opt.lr, momentum=h["momentum"] or None)
+    if opt.name == "adam":  # bias-corrected, eps outside the sqrt: torch's
+        return optax.adam(opt.lr, b1=h["b1"], b2=h["b2"], eps=h["eps"])
+    if opt.name == "rmsprop":  # optax's default puts eps inside the sqrt; torch's does not
+        return optax.rmsprop(opt.lr, decay=h["alpha"], eps=h["eps"], eps_in_sqrt=False)
+    # adagrad: optax's sums from 0.1 and puts eps inside the sqrt; torch's sums from 0, eps outside
+    return from_rule(opt)
+
+
+def from_rule(opt: Rule) -> optax.GradientTransformation:
+    def init(p: jax.Array) -> Any:
+        return {s: jnp.zeros_like(p) for s in opt.slots}, jnp.zeros((), p.dtype)
+
+    def update(g: jax.Array, state: Any, params: Any = None) -> tuple[jax.Array, Any]:
+        slots, count = state
+        delta, new = opt.update(g, slots, count + 1, jnp.sqrt)
+        return -delta, (new, count + 1)
+
+    return optax.GradientTransformation(init, update)
+
+
+def forward(params: dict[str, jax.Array], x: jax.Array, repeats: int) -> jax.Array:
+    # without model.bias a bias is a plain 0, which adds nothing
+    b1, bm, b2 = (params.get(name, 0.0) for name in ("b1", "bm", "b2"))
+    h_relu = jax.nn.relu(x @ params["w1"] + b1)
+    for _ in range(repeats):  # the dynamic net: unrolled, one compiled variant per count
+        h_relu = jax.nn.relu(h_relu @ params["wm"] + bm)
+    return h_relu @ params["w2"] + b2
+
+
+def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
+    device = jax.devices("gpu" if str(cfg.trainer.accelerator) in ("gpu", "cuda") else "cpu")[0]
+    with jax.enable_x64(problem.dtype == np.float64), jax.default_device(device):
+        return _train(problem, cfg, on_step)
+
+
+def _train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
+    x, y = jnp.asarray(problem.x), jnp.asarray(problem.y)
+    params = {name: jnp.asarray(w) for name, w in problem.weights.items()}
+    tx = transformation(rule(cfg, cfg.trainer.name))
+    state = {name: tx.init(p) for name, p in params.items()}  # one state per parameter, as torch.optim keeps
+    reduce = jnp.sum if cfg.loss.reduction == "sum" else jnp.mean
+    repeats = problem.repeats if problem.repeats is not None else np.zeros(cfg.trainer.max_steps, int)
+
+    def loss_fn(params: dict[str, jax.Array], repeats: int) -> jax.Array:
+        return reduce((forward(params, x, repeats) - y) ** 2)
+
+    def step(params: dict, state: dict, repeats: int) -> tuple[dict, dict, jax.Array, dict]:
+        loss, grads = jax.value_and_grad(loss_fn)(params, repeats)
+        new_params, new_state = {}, {}
+        for name, p in params.items():
+            updates, s = tx.update(grads[name], state[name], p)
+            if name in MIDDLE and repeats == 0:  # torch.optim leaves a parameter without a gradient alone
+                new_params[name], new_state[name] = p, state[name]
+            else:
+                new_params[name], new_state[name] = optax.apply_updates(p, updates), s
+        return new_params, new_state, loss, grads
+
+    compile_start = time.perf_counter()
+    jitted = jax.jit(step, static_argnames="repeats")
+    compiled = {int(r): jitted.lower(params, state, repeats=int(r)).compile() for r in np.unique(repeats)}
+    compile_s = time.perf_counter() - compile_start
+
+    grads0: dict[str, np.ndarray] = {}
+    start = time.perf_counter()
+    for i in range(cfg.trainer.max_steps):
+        params, state, loss, grads = compiled[int(repeats[i])](params, state)
+        on_step(i, float(loss))
+        if i == 0:
+            grads0 = {name: np.asarray(g) for name, g in grads.items()}
+    loop_s = time.perf_counter() - start
+    weights = {name: np.asarray(p) for name, p in params.items()}
+    return Result(weights=weights, loop_s=loop_s, grads0=grads0, timings={"compile_s": compile_s})
