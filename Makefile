@@ -1,4 +1,5 @@
-# `make train` / `make test` set everything up on a fresh machine: a .venv with the project installed.
+# `make train` / `make test` set everything up on a fresh machine: a .venv with the project installed
+# (with the [jax] extra, for trainer=jax).
 # Pass Hydra overrides with ARGS, pytest options with PYTEST_ARGS:
 #   make train ARGS="model=dynamic optim=sgd_momentum"      make test PYTEST_ARGS="-k pipeline"
 PYTHON ?= python3
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,jax]'
 	touch $(STAMP)
 
 train: $(STAMP)

@@ -45,8 +45,8 @@ def files(under: str) -> list[Path]:
     return sorted(base.rglob("*.py")) if base.is_dir() else [base.with_suffix(".py")]
 
 
-def test_trainers_import_only_the_step_contract_problem_models_and_functions() -> None:
-    allowed = {"steps", "problem", "models", "functions", "runtime", "trainers"}
+def test_trainers_import_only_the_step_contract_problem_models_functions_and_optimizers() -> None:
+    allowed = {"steps", "problem", "models", "functions", "optimizers", "runtime", "trainers"}
     for path in files("trainers"):
         for dep in ours(path):
             assert dep.split("/")[0] in allowed, f"{path.relative_to(REPO)} imports backproplab.{dep}"
@@ -70,7 +70,7 @@ def reach(path: Path) -> set[str]:
 def test_tracking_never_imports_a_trainer_and_nothing_low_imports_upward() -> None:
     for path in files("tracking"):
         assert not any(d.split("/")[0] in ("trainers", "run", "config") for d in reach(path)), path
-    for low in ("steps", "problem", "models", "functions", "runtime"):
+    for low in ("steps", "problem", "models", "functions", "optimizers", "runtime"):
         for dep in ours(PKG / f"{low}.py"):
             assert dep in {"steps", "runtime"}, f"{low}.py imports backproplab.{dep}"
 
