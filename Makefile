@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test lint ui verify bench examples examples-sine gpu-check
+.PHONY: train test lint ui verify bench examples examples-sine backends gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ examples: $(STAMP)
 # the tutorial as it is taught today: sin(x) fitted eight ways (conf/experiment/sine_*.yaml)
 examples-sine: $(STAMP)
 	$(PY) scripts/train.py -m experiment=sine_numpy,sine_tensor,sine_autograd,sine_function,sine_nn,sine_optim,sine_module,sine_dynamic
+
+# the same problem (the tutorial's bias-free net, randn start, SGD 1e-6) through every trainer, one multirun
+backends: $(STAMP)
+	$(PY) scripts/train.py -m trainer=numpy,tensor,autograd,function,tensorflow,tf2,jax,lightning model.bias=false model.init=randn optim.lr=1e-6
 
 verify: $(STAMP)
 	$(PY) scripts/verify.py $(ARGS)

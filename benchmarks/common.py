@@ -56,6 +56,8 @@ TARGETS = {
     "numpy_process": 2.0,  # `train.py trainer=numpy logger=none` / `python benchmarks/reference/numpy_loop.py`
     "sweep": 0.75,  # the nine-experiment sweep / the nine reference processes
     "pct_of_mm": 80.0,  # % of the bare torch.mm rate at the largest size
+    "tf2_vs_tensorflow": 1.2,  # tf2's loop / the TF1 graph trainer's loop
+    "jax_vs_tensor": 1.0,  # jax's loop (compiled before it) / the tensor trainer's loop
 }
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from backproplab import runtime
+from benchmarks.backends import BACKENDS, bench_backends
 from benchmarks.common import CHILD_MARK, PAIRS, QUICK, Settings, load
 from benchmarks.loops import bench_trainers
 from benchmarks.mlflow_cost import _child_fixed, bench_mlflow_fixed, bench_mlflow_loop
@@ -25,7 +26,7 @@ from benchmarks.scaling import bench_compile, bench_scaling
 
 # measured after the other in-process sections: TensorFlow's thread pools must not touch torch's figures
 LAST = ("tensorflow",)
-SECTIONS = ("trainers", "mlflow", "startup", "imports", "sweep", "scaling", "compile")
+SECTIONS = ("trainers", "backends", "mlflow", "startup", "imports", "sweep", "scaling", "compile")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -124,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "trainers" in sections:
             section("trainers_tf", lambda: bench_trainers(s, [t for t in paired if t in LAST]))
             results.setdefault("trainers", {}).update(results.pop("trainers_tf", {}))
+        if "backends" in sections:  # TensorFlow and JAX: after torch's figures, like the TF1 trainer
+            section("backends", lambda: bench_backends(s))
         # fresh processes
         if "mlflow" in sections:
             section("mlflow_fixed", lambda: bench_mlflow_fixed(s, tmp))
@@ -136,8 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if "trainers" in results:  # in the tutorial's order
         results["trainers"] = {k: results["trainers"][k] for k in paired if k in results["trainers"]}
-    # a trainer the registry has but the benchmark has no reference loop for is named, not silently left out
-    results["trainers_without_reference"] = [t for t in registry.trainers() if t not in PAIRS]
+    # a trainer the registry has but the benchmark holds to nothing is named, not silently left out
+    results["trainers_without_reference"] = [t for t in registry.trainers() if t not in PAIRS and t not in BACKENDS]
     meta["load_end"] = load()
     meta["duration_s"] = time.perf_counter() - start
     if "torch" in sys.modules:

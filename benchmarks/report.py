@@ -35,6 +35,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     for name, r in results.get("trainers", {}).items():
         what = "the reference optim loop" if name == "lightning" else "its reference loop"
         add(f"{name} loop vs {what} ({r['tutorial']}.py)", r["ratio"], r["target"], "x")
+    for name, r in results.get("backends", {}).items():
+        if "ratio" in r:
+            add(f"{name} loop vs the {r['against']} trainer's loop", r["ratio"], r["target"], "x")
     for name, r in results.get("mlflow_loop", {}).items():
         add(f"{name} loop with logger=mlflow vs logger=none", r["ratio"], r["target"], "x")
     fixed = results.get("mlflow_fixed", {})
@@ -105,6 +108,19 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(f"| {name} + progress bar | {r['tutorial']}.py | "
                              f"{fmt(r['loop_s']['trainer_progress_bar'], 3)} | {fmt(r['loop_s']['tutorial'], 3)} | "
                              f"{fmt(r['progress_bar_ratio'])}× | – | – |")
+
+    if bk := results.get("backends"):
+        lines += ["", "## TensorFlow 2 and JAX against the trainers they are held to (the tensor preset)", "",
+                  "| trainer | against | loop s | its loop s | ratio | compile s | bare matmuls JAX / torch |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for name, r in bk.items():
+            if "ratio" not in r:
+                lines.append(f"| {name} | – | – | – | – | – | {r.get('skipped', '')} |")
+                continue
+            lines.append(
+                f"| {name} | {r['against']} | {fmt(r['loop_s'][name], 3)} | {fmt(r['loop_s'][r['against']], 3)} | "
+                f"{fmt(r['ratio'])}× | {fmt(r['compile_s'])} | "
+                f"{fmt(r['matmul_ratio']) + '×' if 'matmul_ratio' in r else '–'} |")
 
     if ml := results.get("mlflow_loop"):
         lines += ["", "## MLflow: the loop with every step logged", "",
@@ -186,6 +202,9 @@ def flat_ratios(results: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, r in results.get("trainers", {}).items():
         out[f"ratio/trainer/{name}"] = r["ratio"]
+    for name, r in results.get("backends", {}).items():
+        if "ratio" in r:
+            out[f"ratio/backend/{name}"] = r["ratio"]
     for name, r in results.get("mlflow_loop", {}).items():
         out[f"ratio/mlflow_loop/{name}"] = r["ratio"]
     fx = results.get("mlflow_fixed", {})

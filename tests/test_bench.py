@@ -42,12 +42,17 @@ def test_json_has_every_section_and_positive_finite_ratios(quick: tuple[dict, st
     data, _, _ = quick
     assert data["errors"] == {}
     assert data["meta"]["mode"] == "quick"
-    for key in ("trainers", "mlflow_loop", "mlflow_fixed", "startup", "imports", "sweep", "scaling", "targets"):
+    sections = ("trainers", "backends", "mlflow_loop", "mlflow_fixed", "startup", "imports", "sweep", "scaling")
+    for key in (*sections, "targets"):
         assert key in data, key
 
-    # every trainer of the registry, measured against its reference loop or named as having none
-    assert set(data["trainers"]) | set(data["trainers_without_reference"]) == set(TRAINERS)
+    # every trainer of the registry, measured against its reference loop (tf2, jax: against the trainer they
+    # are held to), or named as having none
+    measured = set(data["trainers"]) | set(data["backends"])
+    assert measured | set(data["trainers_without_reference"]) == set(TRAINERS)
     assert not data["trainers_without_reference"]  # today every trainer has one
+    for name, row in data["backends"].items():
+        assert positive(row["ratio"]) and positive(row["compile_s"]), (name, row)
     for name, row in data["trainers"].items():
         assert positive(row["ratio"]), (name, row)
         assert positive(row["loop_s"]["trainer"]) and positive(row["loop_s"]["tutorial"])

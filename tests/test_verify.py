@@ -31,9 +31,12 @@ def test_all_trainers_agree_in_float64() -> None:
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "Traceback" not in proc.stderr
-    assert out.count("reference") == 2 and "all trainers agree" in out
-    for trainer in registry.trainers():
-        assert out.count(f"│ {trainer} ") == 2, trainer
+    assert out.count("reference") == 3 and "all trainers agree" in out  # two bias tables, the optimizer table
+    optim_reference = registry.reference("optim_reference")
+    for trainer, spec in registry.trainers().items():
+        in_optimizer_table = trainer == optim_reference or len(spec.optims) > 1
+        assert out.count(f"│ {trainer} ") == 2 + in_optimizer_table, trainer
+    assert "optimizers against" in out and "│ adam" not in out  # adam is a column there, not a row
     assert "DISAGREES" not in out and "FAILED" not in out
     assert "bias=True" in out and "bias=False" in out and "grad b1" in out
 
@@ -106,5 +109,5 @@ def test_a_failing_trainer_fails_the_check(monkeypatch: pytest.MonkeyPatch, caps
 
 def test_bad_arguments_exit_2() -> None:
     with pytest.raises(SystemExit) as e:
-        verify.main(["--trainers", "numpy,jax"])
+        verify.main(["--trainers", "numpy,caffe"])
     assert e.value.code == 2

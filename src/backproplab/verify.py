@@ -66,6 +66,8 @@ def run_one(name: str, cfg: DictConfig, problem: Problem) -> Outcome:
     from backproplab.steps import Recorder
 
     spec = registry.spec(name)
+    if absent := registry.missing(name):
+        return Outcome(name, skipped=f"{', '.join(absent)} not installed ({spec.install})")
     if not spec.supports("model", cfg.model.name):
         return Outcome(name, skipped=f"no model={cfg.model.name}" + (f" ({spec.why})" if spec.why else ""))
     rec = Recorder()
@@ -162,7 +164,8 @@ def check_optimizers(trainers: list[str], overrides: list[str], config_dir: Path
     A trainer's optimizer it does not accept shows as "-"."""
     reference = registry.reference("optim_reference")
     optims = list(registry.options("optim"))
-    names = [reference, *(t for t in trainers if t != reference and len(registry.spec(t).optims) > 1)]
+    names = [reference, *(t for t in trainers if t != reference and len(registry.spec(t).optims) > 1
+                          and not registry.missing(t))]
     ok, curves = True, {name: [] for name in names}
     for optim in optims:
         lr = [f"optim.lr={OPTIM_LR[optim]}"] if optim in OPTIM_LR else []

@@ -83,7 +83,7 @@ def _train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
     def loss_fn(params: dict[str, jax.Array], repeats: int) -> jax.Array:
         return reduce((forward(params, x, repeats) - y) ** 2)
 
-    def step(params: dict, state: dict, repeats: int) -> tuple[dict, dict, jax.Array, dict]:
+    def step(params: dict, state: dict, repeats: int, keep_grads: bool = False) -> tuple[dict, dict, jax.Array, dict]:
         loss, grads = jax.value_and_grad(loss_fn)(params, repeats)
         new_params, new_state = {}, {}
         for name, p in params.items():
@@ -92,17 +92,19 @@ def _train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
                 new_params[name], new_state[name] = p, state[name]
             else:
                 new_params[name], new_state[name] = optax.apply_updates(p, updates), s
-        return new_params, new_state, loss, grads
+        return new_params, new_state, loss, (grads if keep_grads else {})
 
+    # the step's inputs are donated: XLA updates the weights and the optimizer's state in place
     compile_start = time.perf_counter()
-    jitted = jax.jit(step, static_argnames="repeats")
+    jitted = jax.jit(step, static_argnames=("repeats", "keep_grads"), donate_argnums=(0, 1))
     compiled = {int(r): jitted.lower(params, state, repeats=int(r)).compile() for r in np.unique(repeats)}
+    first = jitted.lower(params, state, repeats=int(repeats[0]), keep_grads=True).compile()  # + gradients
     compile_s = time.perf_counter() - compile_start
 
     grads0: dict[str, np.ndarray] = {}
     start = time.perf_counter()
     for i in range(cfg.trainer.max_steps):
-        params, state, loss, grads = compiled[int(repeats[i])](params, state)
+        params, state, loss, grads = (first if i == 0 else compiled[int(repeats[i])])(params, state)
         on_step(i, float(loss))
         if i == 0:
             grads0 = {name: np.asarray(g) for name, g in grads.items()}
