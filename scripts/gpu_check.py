@@ -260,8 +260,14 @@ def training_runs() -> list[tuple[str, list[str], str | None]]:
     sys.path.insert(0, str(SRC))
     from backproplab.trainers import registry
 
-    runs = [(f"trainer={name}", [f"trainer={name}"], None if "gpu" in spec.devices else "CPU-only trainer")
-            for name, spec in registry.trainers().items()]
+    def skip(name: str, spec: registry.TrainerSpec) -> str | None:
+        if "gpu" not in spec.devices:
+            return "CPU-only trainer"
+        if absent := registry.missing(name):  # an optional extra (jax, optax) this node lacks
+            return f"{', '.join(absent)} not installed"
+        return None
+
+    runs = [(f"trainer={name}", [f"trainer={name}"], skip(name, spec)) for name, spec in registry.trainers().items()]
     for overrides in (["trainer=lightning", "model=dynamic", "optim=sgd_momentum"],
                       ["trainer=lightning", "trainer.precision=bf16-mixed"]):
         runs.append((" ".join(overrides), overrides, None))
