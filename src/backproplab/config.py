@@ -89,9 +89,15 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "loss.reduction", ("sum", "mean"))
     if "bias" in cfg.model and not isinstance(cfg.model.bias, bool):
         raise ConfigError(f"model.bias={cfg.model.bias!r} is invalid: expected true or false")
-    for key in ("max_repeats", "max_extra_terms"):  # the dynamic models
-        if key in cfg.model:
-            _int(cfg, f"model.{key}", 0)
+    if "max_repeats" in cfg.model:  # the dynamic net: 0 repeats is the plain net at every step
+        _int(cfg, "model.max_repeats", 0)
+    if "max_extra_terms" in cfg.model:  # the dynamic formula: at least one term that may come and go
+        _int(cfg, "model.max_extra_terms", 1)
+    if cfg.model.init == "fixed":
+        for name in cfg.model.params:
+            value = cfg.model.start.get(name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"model.start.{name}={value!r} is invalid: expected a number")
     lr = cfg.optim.lr
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ConfigError(f"optim.lr={lr!r} is invalid: expected a finite number > 0")
@@ -148,11 +154,12 @@ def _check_resume(cfg: DictConfig) -> None:
     except Exception as e:
         raise ConfigError(f"{where} is not a Lightning checkpoint ({type(e).__name__})") from None
     wanted = {f"net.{k}": tuple(v.shape) for k, v in instantiate(cfg.model.net).state_dict().items()}
+    bias = f" with model.bias={cfg.model.bias}" if "bias" in cfg.model else ""
     found = {k: tuple(v.shape) for k, v in saved.items()}
     if wanted.keys() != found.keys():
         raise ConfigError(
             f"{where} holds another model's parameters ({', '.join(sorted(found)[:4])}), not those of "
-            f"model={cfg.model.name} with model.bias={cfg.model.bias} ({', '.join(sorted(wanted)[:4])})"
+            f"model={cfg.model.name}{bias} ({', '.join(sorted(wanted)[:4])})"
         )
     for key in sorted(wanted):
         if wanted[key] != found[key]:
@@ -173,12 +180,23 @@ def _check_resume(cfg: DictConfig) -> None:
 
 def models_for(data: str) -> list[str]:
     """The models whose yaml says they fit ``data`` (``data: sine`` in conf/model/poly3.yaml)."""
-    yamls = {m: OmegaConf.load(conf_dir() / "model" / f"{m}.yaml") for m in registry.options("model")}
+    yamls = {m: declared("model", m) for m in registry.options("model")}
     return [m for m, y in yamls.items() if y.get("data") == data]
+
+
+def declared(group: str, option: str) -> DictConfig:
+    """An option's own yaml (conf/<group>/<option>.yaml), as shipped."""
+    return OmegaConf.load(conf_dir() / group / f"{option}.yaml")
 
 
 def check_fit(cfg: DictConfig) -> None:
     """A model fits one problem: the two-layer nets the random data, the formulas sin(x)."""
+    for group, key in (("model", "data"), ("data", "module")):
+        if cfg[group].get(key) != declared(group, cfg[group].name).get(key):
+            raise ConfigError(
+                f"{group}.{key} says what {group}={cfg[group].name} is (conf/{group}/{cfg[group].name}.yaml): it is "
+                "read from that file and cannot be overridden"
+            )
     data, fits = cfg.data.name, cfg.model.get("data")
     if fits != data:
         raise ConfigError(

@@ -86,13 +86,17 @@ def rule(cfg: DictConfig, trainer: str) -> Rule:
     for key, value in cfg.optim.optimizer.items():
         if key in ("_target_", "_partial_", "lr"):
             continue
-        if key in TORCH_KEYS:
-            hyper.update(zip(TORCH_KEYS[key], (float(v) for v in value), strict=True))
-        elif key in hyper:
-            hyper[key] = float(value)
-        else:
+        names = TORCH_KEYS.get(key, (key,))
+        if not all(n in hyper for n in names):
             raise ConfigError(
                 f"optim.optimizer.{key} is not implemented by trainer={trainer}, which applies torch.optim's "
                 f"{name} rule itself (backproplab/optimizers.py): it reads {', '.join(torch_names(hyper))}"
             )
+        try:
+            values = [float(v) for v in value] if key in TORCH_KEYS else [float(value)]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) != len(names):
+            raise ConfigError(f"optim.optimizer.{key}={value!r} is invalid: expected {len(names)} number(s)")
+        hyper.update(zip(names, values, strict=True))
     return Rule(name, float(cfg.optim.lr), hyper, slots)

@@ -10,7 +10,7 @@ import time
 
 from omegaconf import DictConfig, open_dict
 
-from backproplab.config import ConfigError, refuse_added_keys, validate
+from backproplab.config import ConfigError, declared, refuse_added_keys, validate
 from backproplab.problem import make_problem
 from backproplab.runtime import hydra_overrides, sweep_dir
 from backproplab.steps import Diverged
@@ -68,8 +68,10 @@ def train(cfg: DictConfig) -> float:
         from backproplab.tracking.rerun import rerun_config
 
         cfg = rerun_config(cfg)
-        with open_dict(cfg):  # what the trainer is declared to be today, not when the run was recorded
+        with open_dict(cfg):  # what the trainer, model and data are declared to be today, not when recorded
             cfg.trainer.update(registry.spec(cfg.trainer.name).declared)
+            cfg.model.data = declared("model", cfg.model.name).get("data")
+            cfg.data.module = declared("data", cfg.data.name).get("module")
     refuse_added_keys(cfg, hydra_overrides())
     validate(cfg)
     with open_dict(cfg):

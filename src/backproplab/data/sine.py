@@ -30,8 +30,10 @@ def make(cfg: DictConfig) -> Problem:
         # the tutorial's random.randint(4, 6) at every forward pass (terms 4 .. k-1), drawn up front from the seed
         repeats = schedule_rng.integers(0, cfg.model.max_extra_terms + 1, size=cfg.trainer.max_steps)
     form = FORMS[cfg.model.name]
-    shapes = int(cfg.model.get("max_extra_terms", 0)) + 1
+    shapes = int(cfg.model.get("max_extra_terms", -1)) + 1  # 0: not dynamic
     template = str(cfg.model.formula)
+    for exp in range(4, 4 + int(cfg.model.get("max_extra_terms", 0))):  # the terms a step may add, marked "?"
+        template += f" + {{e:.4g}} x^{exp} ?"
     return Problem(
         x=x,
         y=y,
@@ -71,7 +73,7 @@ def curves(form: Callable[..., np.ndarray], x: np.ndarray, shapes: int, weights:
     """The fitted function on x: one curve, or one per shape of the dynamic model (0, 1, 2 extra terms)."""
     w = {name: np.asarray(v, np.float64) for name, v in weights.items()}
     x = np.asarray(x, np.float64)
-    if shapes == 1:
+    if shapes == 0:
         return {"fit": form(w, x)}
     return {f"{k} extra term{'s' * (k != 1)}": form(w, x, k) for k in range(shapes)}
 

@@ -266,7 +266,7 @@ def _markdown(rows: list[dict[str, Any]], title: str, summary: str, png_name: st
 
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     # a fixed schema for scripts: failure_reason and the full run_id are always there
-    fields = [*COLUMNS, "failure_reason", "run_id"]
+    fields = [*COLUMNS, "failure_reason", "fit", "run_id"]
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()

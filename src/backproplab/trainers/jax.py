@@ -67,7 +67,9 @@ def forward(params: dict[str, jax.Array], x: jax.Array, repeats: int) -> jax.Arr
 
 
 def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
-    device = jax.devices("gpu" if str(cfg.trainer.accelerator) in ("gpu", "cuda") else "cpu")[0]
+    accelerator = str(cfg.trainer.accelerator)
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpu_available())
+    device = jax.devices("gpu" if gpu else "cpu")[0]
     with jax.enable_x64(problem.dtype == np.float64), jax.default_device(device):
         return _train(problem, cfg, on_step)
 
