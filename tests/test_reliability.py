@@ -57,6 +57,24 @@ BAD_INPUTS = [
     (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path"),
     (["+rerun=0123456789abcdef"], "rerun"),
     (["logger.tracking_uri=http://127.0.0.1:9"], "logger.tracking_uri"),
+    # Hydra's own refusals, made one line (backproplab/cli.py), also in a multirun before its parent run exists
+    (["nosuchkey=1"], "nosuchkey is not a key of the config"),
+    (["trainer.max_step=3"], "trainer.max_step is not a key of the config"),
+    (["-m", "nosuchkey=1,2"], "nosuchkey is not a key of the config"),
+    (["-m", "trainer.max_steps=2", "optim.lrr=1e-3,1e-4"], "optim.lrr is not a key of the config"),
+    (["optim.lr=[1"], "'[1'"),
+    (["trainer.divergence_factor=1"], "trainer.divergence_factor"),
+    (["trainer.checkpoint_every=-1"], "trainer.checkpoint_every"),
+    (["trainer.keep_checkpoints=0"], "trainer.keep_checkpoints"),
+    (["logger.flush_seconds=0"], "logger.flush_seconds"),
+    (["trainer.module=backproplab.trainers.numpy"], "trainer.module"),
+    # the sine edition and the new trainers
+    (["data=sine"], "model=sequential fits data=random, not data=sine"),
+    (["experiment=sine_tensor", "model=legendre3"], "model=legendre3 is not supported by trainer=tensor"),
+    (["experiment=sine_module", "trainer=tf2"], "model=poly3 is not supported by trainer=tf2"),
+    (["experiment=sine_numpy", "model.init=fixed"], "model.init=fixed needs model.start"),
+    (["experiment=sine_dynamic", "model.max_extra_terms=-1"], "model.max_extra_terms"),
+    (["trainer=jax", "optim=adam", "+optim.optimizer.weight_decay=1e-4"], "optim.optimizer.weight_decay"),
 ]
 if not gpu_available():
     BAD_INPUTS.append((["trainer.accelerator=gpu"], "no CUDA device is available"))
@@ -70,10 +88,31 @@ def assert_clean_failure(ws: Workspace, proc: subprocess.CompletedProcess, needl
         assert all(r.info.status != "RUNNING" for r in ws.runs())
 
 
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with the experiment and no run, made once: each bad-input case starts from a copy of it, so
+    that "no run was created" is something the test observes, not the absence of a database."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").create_experiment("backproplab")
+    return path
+
+
 @pytest.mark.parametrize("overrides,needle", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
-def test_bad_input_is_one_clear_line(ws: Workspace, overrides: list[str], needle: str) -> None:
-    proc = ws.train("trainer.max_steps=5", *overrides, check=False)  # the bad value comes last and wins
-    assert_clean_failure(ws, proc, needle)
+def test_bad_input_is_one_clear_line(ws: Workspace, empty_store: Path, overrides: list[str], needle: str) -> None:
+    """Refused with exit != 0 (2 for a config, 1 for a store), exactly one line on stderr (no traceback, no
+    warning), and no run in the store."""
+    import shutil
+
+    shutil.copy(empty_store, ws.db)
+    flags = [o for o in overrides if o.startswith("-")]  # -m comes first, as a user types it
+    values = [o for o in overrides if not o.startswith("-")]
+    proc = ws.train(*flags, "trainer.max_steps=5", *values, check=False)  # the bad value comes last and wins
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
+    assert ws.runs() == [], [r.info.run_name for r in ws.runs()]
 
 
 def test_store_path_that_cannot_be_created(ws: Workspace) -> None:
@@ -101,6 +140,38 @@ def test_locked_store(ws: Workspace) -> None:
         holder.close()
     assert_clean_failure(ws, proc, "cannot open the MLflow store")
     assert "locked" in proc.stderr
+
+
+def test_a_store_locked_mid_run_is_waited_for_and_loses_nothing(ws: Workspace) -> None:
+    """A second connection holds sqlite's write lock past MLflow's 20 s busy timeout while a run is logging:
+    the run's write times out, is retried (its log says so), and the run records every step and its end."""
+    from conftest import clean_env
+
+    ws.train("trainer=numpy", "trainer.max_steps=2")  # the store exists, with one run
+    steps = 20000
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAIN), "trainer=numpy", f"trainer.max_steps={steps}", "logger.flush_seconds=0.2"],
+        cwd=ws.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+    )
+    deadline = time.time() + 120
+    while len(ws.runs()) < 2 or not ws.losses(ws.runs()[-1].info.run_id):  # logging has begun
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.1)
+    holder = sqlite3.connect(ws.db)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock; readers go on
+    try:
+        time.sleep(23)  # > MLflow's PRAGMA busy_timeout = 20000
+    finally:
+        holder.rollback()
+        holder.close()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "the MLflow store is locked by another writer" in out + err  # the lock was really hit, and retried
+    run = ws.runs()[-1]
+    assert run.info.status == "FINISHED" and run.data.metrics["final_loss"] > 0
+    losses = ws.losses(run.info.run_id)
+    assert len(losses) == steps
+    assert sorted(m.step for m in ws.client().get_metric_history(run.info.run_id, "train/loss")) == list(range(steps))
 
 
 def test_logger_none_works_even_with_a_broken_store_setting(ws: Workspace) -> None:

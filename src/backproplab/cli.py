@@ -11,7 +11,7 @@ import gc
 import hydra
 from omegaconf import DictConfig
 
-from backproplab.runtime import conf_dir
+from backproplab.runtime import composition_error, conf_dir
 
 
 # an absolute path: Hydra would take a relative one for a Python package (backproplab.conf), which it is not
@@ -47,13 +47,25 @@ def unknown_option(args: list[str]) -> str | None:
 
 
 def train() -> None:
+    import os
     import sys
+
+    from hydra.errors import CompactHydraException
 
     if line := unknown_option(sys.argv[1:]):
         print(line, file=sys.stderr)
         sys.exit(2)
+    # Hydra prints a refused composition in several lines and exits 1; with HYDRA_FULL_ERROR it raises instead,
+    # and the refusal becomes one line here (a user who set HYDRA_FULL_ERROR keeps Hydra's full report)
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         _train()
+    except CompactHydraException as e:
+        if full_error:
+            raise
+        print(composition_error(e), file=sys.stderr)
+        sys.exit(2)
     finally:
         # A process holding torch, TF, Lightning and MLflow spends ~2 s in the interpreter's final garbage
         # collection passes; nothing needs collecting at exit (atexit handlers still run).

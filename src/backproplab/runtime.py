@@ -66,3 +66,14 @@ def conf_dir() -> Path:
     """The config tree: shipped inside the installed package, or conf/ at the root of a source checkout."""
     packaged = Path(__file__).parent / "conf"
     return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf"
+
+
+def composition_error(error: BaseException) -> str:
+    """Hydra's refusal of a composition (``nosuchkey=1``, a bad override's syntax) as one line: its message
+    and OmegaConf's cause without the indented detail (full_key, object_type)."""
+    text = "\n".join(str(e) for e in (error, error.__cause__) if e is not None)
+    lines = [line.strip().rstrip(".") for line in text.splitlines() if line.strip() and not line.startswith(" ")]
+    if "is not in struct" in text and lines[0].startswith("Could not override '"):
+        key = lines[0].split("'")[1]  # Hydra's hint to append it with + would be refused too: name the key
+        return f"error: {key} is not a key of the config, so it cannot be overridden (check its spelling: --cfg job)"
+    return "error: " + "; ".join(dict.fromkeys(lines))  # in order, each once

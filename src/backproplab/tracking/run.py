@@ -104,7 +104,8 @@ class MlflowTracker(Recorder):
         if sweep := sweep_dir():
             parent = find_parent_run(self.client, exp_id, sweep)
         swept = parent.data.tags.get(SWEPT_TAG, "").split() if parent else []
-        self.run = mlflow.start_run(
+        self.run = retry_locked(
+            mlflow.start_run,
             experiment_id=exp_id,
             run_name=names.run_name(c, overrides, swept),
             parent_run_id=parent.info.run_id if parent else None,
@@ -114,7 +115,7 @@ class MlflowTracker(Recorder):
         try:
             retry_locked(mlflow.log_params, flatten(self.cfg))
         except Exception as e:  # the run exists now: it must not stay RUNNING
-            mlflow.end_run(status="FAILED")
+            retry_locked(mlflow.end_run, status="FAILED")
             raise TrackingError(f"cannot write to the MLflow store: {str(e).splitlines()[0][:300]}") from None
         return self
 
@@ -125,7 +126,8 @@ class MlflowTracker(Recorder):
             self.flush()
             ckpts = self.cfg.trainer.get("checkpoint_dir")
             if ckpts and Path(ckpts).is_dir() and any(Path(ckpts).iterdir()):
-                mlflow.log_artifacts(ckpts, "checkpoints")  # also after a failure: they allow a resume
+                # also after a failure: they allow a resume
+                retry_locked(mlflow.log_artifacts, ckpts, "checkpoints")
         finally:
             if exc_type is None:
                 status = "FINISHED"
@@ -133,8 +135,8 @@ class MlflowTracker(Recorder):
                 status = "KILLED"
             else:
                 status = "FAILED"
-                mlflow.set_tag("failure_reason", str(exc)[:5000] or exc_type.__name__)
-            mlflow.end_run(status=status)
+                retry_locked(mlflow.set_tag, "failure_reason", str(exc)[:5000] or exc_type.__name__)
+            retry_locked(mlflow.end_run, status=status)
             page = names.run_page(self.client.tracking_uri, self.experiment_id, self.run_id,
                                   default_store=chosen_uri(self.cfg.logger) is None)
             log.info("%s run %s: %s", status, self.run.info.run_name, page)
@@ -168,7 +170,8 @@ class MlflowTracker(Recorder):
 
         self.flush()
         steps = len(self.losses)
-        mlflow.log_metrics(
+        retry_locked(
+            mlflow.log_metrics,
             {
                 "final_loss": self.losses[-1],
                 "time/total_s": time.perf_counter() - self._t0,
@@ -178,12 +181,12 @@ class MlflowTracker(Recorder):
                 **{f"time/{key}": value for key, value in result.timings.items()},
             }
         )
-        mlflow.log_text(resolved_yaml(self.cfg), "config.yaml")
+        retry_locked(mlflow.log_text, resolved_yaml(self.cfg), "config.yaml")
         # with its interpolations kept (optim.optimizer.lr: ${..lr}), so that +rerun overrides propagate
-        mlflow.log_text(resolved_yaml(self.cfg, resolve=False), "config_source.yaml")
+        retry_locked(mlflow.log_text, resolved_yaml(self.cfg, resolve=False), "config_source.yaml")
         if problem.repeats is not None:
-            mlflow.log_text(json.dumps(problem.repeats.tolist()), "repeat_schedule.json")
-        mlflow.log_figure(loss_curve(self.steps, self.losses, self.cfg), "loss_curve.png")
+            retry_locked(mlflow.log_text, json.dumps(problem.repeats.tolist()), "repeat_schedule.json")
+        retry_locked(mlflow.log_figure, loss_curve(self.steps, self.losses, self.cfg), "loss_curve.png")
         self.log_dataset(problem)
         self.log_fit(result, problem)
         self.log_weights(result)
@@ -205,8 +208,9 @@ class MlflowTracker(Recorder):
             return
         text = problem.formula(result.weights)
         log.info("Result: %s", text)
-        mlflow.set_tags({"fit.formula": text, "mlflow.note.content": f"{self.note}\n\nResult: {text}"})
-        mlflow.log_text(f"Result: {text}\n", "result.txt")
+        tags = {"fit.formula": text, "mlflow.note.content": f"{self.note}\n\nResult: {text}"}
+        retry_locked(mlflow.set_tags, tags)
+        retry_locked(mlflow.log_text, f"Result: {text}\n", "result.txt")
         curves = problem.curves(result.weights)
         every = max(1, len(problem.x) // 400)  # enough points for a smooth line, a small file
         fit = {
@@ -214,8 +218,8 @@ class MlflowTracker(Recorder):
             "y": problem.y[::every].tolist(),
             "curves": {name: c[::every].tolist() for name, c in curves.items()},
         }
-        mlflow.log_text(json.dumps(fit), "fit.json")
-        mlflow.log_figure(fit_plot(fit, f"{self.run.info.run_name}: {text}"), "fit.png")
+        retry_locked(mlflow.log_text, json.dumps(fit), "fit.json")
+        retry_locked(mlflow.log_figure, fit_plot(fit, f"{self.run.info.run_name}: {text}"), "fit.png")
 
     def log_weights(self, result: Any) -> None:
         import mlflow
@@ -228,7 +232,8 @@ class MlflowTracker(Recorder):
             # the dynamic net's Python control flow (MLflow warns about pickle; we chose it knowingly).
             # Explicit requirements: MLflow's inference of them costs seconds per run.
             logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-            mlflow.pytorch.log_model(
+            retry_locked(
+                mlflow.pytorch.log_model,
                 result.model.cpu(),
                 name="model",
                 serialization_format="pickle",
@@ -240,7 +245,7 @@ class MlflowTracker(Recorder):
             with tempfile.TemporaryDirectory() as d:
                 path = os.path.join(d, "weights.npz")
                 np.savez(path, **result.weights)
-                mlflow.log_artifact(path)
+                retry_locked(mlflow.log_artifact, path)
 
 def record_refusal(cfg: DictConfig, error: Exception) -> None:
     """A multirun job whose config was refused still leaves a FAILED child run with the reason, so that the

@@ -144,13 +144,16 @@ def find_parent_run(client: Any, experiment_id: str, sweep: str) -> Any:
     )
     return runs[0] if runs else None
 
-def retry_locked(write: Any, *args: Any, attempts: int = 6, **kwargs: Any) -> None:
+def retry_locked(write: Any, *args: Any, attempts: int = 6, **kwargs: Any) -> Any:
     """sqlite allows one writer at a time; under parallel sweep jobs a write can time out on the lock.
-    Back off and retry rather than lose the steps."""
+    Back off and retry rather than lose the steps. Every write of a run goes through here."""
     for i in range(attempts):
         try:
             return write(*args, **kwargs)
         except Exception as e:
             if "database is locked" not in str(e) or i == attempts - 1:
                 raise
-            time.sleep(0.2 * 2**i)
+            delay = 0.2 * 2**i
+            log.warning("the MLflow store is locked by another writer: %s retried in %.1f s (%d of %d)",
+                        getattr(write, "__name__", "a write"), delay, i + 1, attempts - 1)
+            time.sleep(delay)

@@ -27,6 +27,33 @@ def swept_keys(config: DictConfig) -> list[str]:
     return keys + [k for k in params if k not in keys]
 
 
+def compose_first_job(config: DictConfig) -> None:
+    """Compose the sweep's first job as the launcher will, so that an override of a key that does not exist
+    (``-m nosuchkey=1,2``) is refused before the parent run exists, not by the first job after it. Best effort:
+    a sweep whose first values cannot be listed (Optuna's intervals) is left to Hydra."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    first = []
+    for o in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task)):
+        if not o.is_sweep_override():
+            first.append(o.input_line)
+            continue
+        try:
+            first.append(f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}")
+        except Exception:
+            return
+    from hydra.errors import CompactHydraException
+
+    from backproplab.runtime import composition_error
+
+    try:
+        GlobalHydra.instance().config_loader().load_sweep_config(config, first)
+    except CompactHydraException as e:  # Hydra turns a callback's exception into a warning: exit here
+        print(composition_error(e), file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 class MlflowSweepCallback(Callback):
     def _client(self, config: DictConfig) -> tuple[Any, str]:
         from backproplab.tracking.store import open_store
@@ -34,6 +61,7 @@ class MlflowSweepCallback(Callback):
         return open_store(config.logger)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        compose_first_job(config)
         if config.logger.name != "mlflow":
             return
         from backproplab.runtime import mask_secrets
