@@ -175,6 +175,12 @@ def test_a_failed_run_without_metrics_keeps_its_row(handmade: Sweep, tmp_path: P
         rows = list(csv.DictReader(f))
     assert rows[1]["final_loss"] == "" and rows[1]["failure_reason"] == "loss diverged | at step 0"
     check_png(result.png)
+    # this parent had no report before (no sweep callback wrote this store): what is logged is what was written
+    client = handmade.ws.client()
+    assert {x.path for x in client.list_artifacts(handmade.parent, "report")} == ARTIFACTS
+    for path in (result.markdown, result.csv, result.png):
+        logged = Path(client.download_artifacts(handmade.parent, f"report/{path.name}", str(tmp_path / "back")))
+        assert logged.read_bytes() == path.read_bytes(), path.name
 
 
 def test_clear_one_line_errors(handmade: Sweep, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
