@@ -9,14 +9,73 @@ redirect the tests' runs.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "scripts" / "train.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def serve(
+    command: Callable[[int], list[str]], log: Path, ready: Callable[[int], bool] = listening,
+    timeout: float = 180, tries: int = 5, **popen: object,
+) -> tuple[subprocess.Popen, int]:
+    """Start a server (``command(port)``) on a free loopback port and wait until ``ready(port)``. A free port
+    can be taken by another process before the server binds it: then the server exits and a fresh port is
+    tried. Its output goes to ``log``, a file, which a chatty server can never fill the way it fills a pipe."""
+    for _ in range(tries):
+        port = free_port()
+        with log.open("a") as out:
+            proc = subprocess.Popen(command(port), stdout=out, stderr=subprocess.STDOUT, text=True, **popen)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            if ready(port):
+                return proc, port
+            if time.monotonic() > deadline:
+                stop(proc)
+                raise RuntimeError(f"server did not start in {timeout:.0f} s: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        if "in use" not in log.read_text().lower():  # not a lost race for the port: a real failure
+            raise RuntimeError(f"server exited {proc.returncode}: {log.read_text()[-2000:]}")
+    raise RuntimeError(f"no free port after {tries} tries")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port on which nothing listens, for as long as the test runs: bound here, never listened on
+    (a fixed port such as 9 might be served on some machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
 
 
 def gpu_available() -> bool:

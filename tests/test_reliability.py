@@ -56,7 +56,7 @@ BAD_INPUTS = [
     (["trainer=tensorflow", "model=dynamic"], "model=dynamic"),
     (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path"),
     (["+rerun=0123456789abcdef"], "rerun"),
-    (["logger.tracking_uri=http://127.0.0.1:9"], "logger.tracking_uri"),
+    (["logger.tracking_uri=http://127.0.0.1:{closed_port}"], "logger.tracking_uri"),  # nothing listens there
     # Hydra's own refusals, made one line (backproplab/cli.py), also in a multirun before its parent run exists
     (["nosuchkey=1"], "nosuchkey is not a key of the config"),
     (["trainer.max_step=3"], "trainer.max_step is not a key of the config"),
@@ -100,12 +100,15 @@ def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("overrides,needle", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
-def test_bad_input_is_one_clear_line(ws: Workspace, empty_store: Path, overrides: list[str], needle: str) -> None:
+def test_bad_input_is_one_clear_line(
+    ws: Workspace, empty_store: Path, closed_port: int, overrides: list[str], needle: str
+) -> None:
     """Refused with exit != 0 (2 for a config, 1 for a store), exactly one line on stderr (no traceback, no
     warning), and no run in the store."""
     import shutil
 
     shutil.copy(empty_store, ws.db)
+    overrides = [o.format(closed_port=closed_port) if "{closed_port}" in o else o for o in overrides]
     flags = [o for o in overrides if o.startswith("-")]  # -m comes first, as a user types it
     values = [o for o in overrides if not o.startswith("-")]
     proc = ws.train(*flags, "trainer.max_steps=5", *values, check=False)  # the bad value comes last and wins

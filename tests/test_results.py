@@ -6,15 +6,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TRAIN, Workspace, clean_env, gpu_available
+from conftest import REPO, TRAIN, Workspace, clean_env, gpu_available, serve, stop
 
 PYTHON_CHECK = """
 import mlflow, torch
@@ -64,12 +61,6 @@ def test_old_store_under_mlruns_is_named_with_how_to_keep_it(ws: Workspace) -> N
     assert len(ws.runs_at(f"sqlite:///{old}")) == 1 and len(ws.runs()) == 1  # nothing recorded is lost
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def chromium() -> str | None:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None and os.environ.get("CI") == "true":
@@ -84,23 +75,11 @@ def test_the_address_make_ui_prints_opens_on_the_runs_table(ws: Workspace) -> No
         pytest.skip("chromium is not installed (apt-get install chromium); CI installs it")
     ws.train("trainer=numpy", "trainer.max_steps=5")
     (run,) = ws.runs()
-    port = free_port()
-    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server never blocks on it
-    ui = subprocess.Popen(
-        [sys.executable, str(REPO / "scripts" / "ui.py"), "--port", str(port)],
-        cwd=ws.path, env=clean_env(), stdout=log, stderr=subprocess.STDOUT, text=True,
-    )
+    log = ws.path / "ui.log"
+    ui, port = serve(lambda port: [sys.executable, str(REPO / "scripts" / "ui.py"), "--port", str(port)], log,
+                     cwd=ws.path, env=clean_env())
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert ui.poll() is None and time.monotonic() < deadline, "mlflow ui did not start"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
-        log.seek(0)
-        address = re.search(r"http://\S+", log.readline()).group(0)
+        address = re.search(r"http://\S+", log.read_text().splitlines()[0]).group(0)
         assert address.endswith(f"/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning")
         dom = subprocess.run(
             [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -109,8 +88,7 @@ def test_the_address_make_ui_prints_opens_on_the_runs_table(ws: Workspace) -> No
             capture_output=True, text=True, timeout=180,
         ).stdout
     finally:
-        ui.terminate()
-        ui.wait(30)
+        stop(ui)
     assert run.info.run_name in dom  # the runs table lists the run ...
     assert "Token Usage" not in dom  # ... rather than the GenAI overview's traces, latency and token usage
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Workspace
+from conftest import REPO, Workspace, serve, stop
 
 
 def assert_complete(ws: Workspace, run, steps: int) -> None:
@@ -103,40 +100,29 @@ def test_slurm_launcher_config_follows_the_trainer() -> None:
     assert launcher.partition == "gpu" and launcher.timeout_min == 60
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 @pytest.fixture
 def mlflow_server(tmp_path: Path):
-    """A real `mlflow server` on loopback with a sqlite backend in a temp dir."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
+    """A real `mlflow server` on loopback with a sqlite backend in a temp dir, its log in server.log."""
+    proc, port = serve(
+        lambda port: [
             sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
             "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1",
         ],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        tmp_path / "server.log", ready=healthy,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow server did not start: {proc.stderr.read()[-2000:]}") from None
-                time.sleep(0.5)
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
 
 
 def test_runs_logged_to_a_real_tracking_server(ws: Workspace, mlflow_server: str) -> None:
