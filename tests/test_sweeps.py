@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -159,3 +161,51 @@ def test_a_sweep_without_a_record_still_reports_failures(ws: Workspace) -> None:
     proc = ws.train("-m", "logger=none", "trainer=numpy", "optim.lr=1e-4,10", "trainer.max_steps=50", check=False)
     assert proc.returncode != 0 and "sweep done: 1 failed" in proc.stdout
     assert not (ws.path / "mlruns").exists() and not ws.db.exists()
+
+
+def test_fail_sweep_on_job_failure_false_ends_the_sweep_well(ws: Workspace) -> None:
+    proc = ws.train("-m", "trainer=numpy", "optim.lr=1e-4,10", "trainer.max_steps=20",
+                    "fail_sweep_on_job_failure=false")
+    assert proc.returncode == 0 and "1 failed, 1 finished" in proc.stdout
+    (parent,) = [r for r in ws.runs() if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FINISHED"
+    statuses = sorted(r.info.status for r in ws.runs(children_only=True))
+    assert statuses == ["FAILED", "FINISHED"]
+
+
+def test_an_optuna_trial_that_fails_is_recorded_and_the_search_goes_on(ws: Workspace) -> None:
+    """Every trial is refused (float64 precision on float32 data): each is a FAILED child with its reason,
+    Optuna gets +inf, the search ends (the preset counts a failed trial as part of a search: exit 0), and no run
+    stays RUNNING."""
+    proc = ws.train("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "trainer.max_steps=30",
+                    "trainer.precision=64-true")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "3 failed" in proc.stdout
+    trials = ws.runs(children_only=True)
+    assert len(trials) == 3
+    for trial in trials:
+        assert trial.info.status == "FAILED" and "needs data.dtype=float64" in trial.data.tags["failure_reason"]
+    assert all(r.info.status != "RUNNING" for r in ws.runs())
+
+
+def test_ctrl_c_on_a_sweep_kills_the_job_and_closes_the_parent(ws: Workspace) -> None:
+    import signal
+
+    from conftest import TRAIN, clean_env
+
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAIN), "-m", "trainer=numpy", "optim.lr=1e-4,1e-5", "trainer.max_steps=1000000",
+         "logger.flush_seconds=0.2"],
+        cwd=ws.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+    )
+    deadline = time.monotonic() + 120
+    while not [r for r in ws.runs(children_only=True) if ws.losses(r.info.run_id)]:  # the first job is logging
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    (child,) = ws.runs(children_only=True)  # the second job never started
+    assert child.info.status == "KILLED" and ws.losses(child.info.run_id)
+    (parent,) = [r for r in ws.runs() if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FAILED" and "stopped before all its jobs" in parent.data.tags["failure_reason"]
