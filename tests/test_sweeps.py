@@ -209,3 +209,34 @@ def test_ctrl_c_on_a_sweep_kills_the_job_and_closes_the_parent(ws: Workspace) ->
     assert child.info.status == "KILLED" and ws.losses(child.info.run_id)
     (parent,) = [r for r in ws.runs() if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.status == "FAILED" and "stopped before all its jobs" in parent.data.tags["failure_reason"]
+
+
+def test_no_credential_anywhere_after_real_runs(ws: Workspace, mlflow_server: str) -> None:
+    """Credentials in the tracking URI: a single run, a multirun with a failed job, and a rerun, against a
+    real server. The password is in no param, tag, run name, artifact, Hydra output file, store or log line."""
+    secret = "s3cr3t-9f2c"
+    uri = mlflow_server.replace("http://", f"http://alice:{secret}@")
+    procs = [
+        ws.train("trainer=numpy", "trainer.max_steps=5", f"logger.tracking_uri={uri}"),
+        ws.train("-m", "trainer=numpy", "trainer.max_steps=5", "optim.lr=1e-4,10", f"logger.tracking_uri={uri}",
+                 check=False),
+    ]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("backproplab")
+    first = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])[0]
+    procs.append(ws.train(f"+rerun={first.info.run_id}", f"logger.tracking_uri={uri}"))
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 5 and {r.info.status for r in runs} == {"FINISHED", "FAILED"}  # 1 + parent + 2 + 1
+    for run in runs:
+        assert secret not in f"{run.info.run_name} {run.data.params} {run.data.tags}", run.info.run_name
+    assert any("alice:***@" in str(run.data.params) for run in runs)  # the URI is recorded, masked
+    for proc in procs:
+        assert secret not in proc.stdout + proc.stderr
+    # everything on disk: Hydra's outputs and logs, the reports, the server's store and proxied artifacts
+    files = [p for p in ws.path.rglob("*") if p.is_file()]
+    assert any(p.name == "overrides.yaml" for p in files) and any(p.name == "multirun.yaml" for p in files)
+    assert len([p for p in files if "artifacts" in p.parts]) > 10
+    leaks = [str(p.relative_to(ws.path)) for p in files if secret.encode() in p.read_bytes()]
+    assert leaks == []

@@ -8,11 +8,12 @@ import sys
 import threading
 import time
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from backproplab.config import ConfigError, declared, refuse_added_keys, validate
 from backproplab.problem import make_problem
-from backproplab.runtime import hydra_overrides, sweep_dir
+from backproplab.runtime import hydra_overrides, mask_hydra_outputs, mask_logs, sweep_dir
 from backproplab.steps import Diverged
 from backproplab.tracking import TrackingError, make_tracker, record_refusal
 from backproplab.trainers import registry
@@ -37,6 +38,9 @@ def main(cfg: DictConfig) -> float:
     optuna 2.10) so that the other jobs go on; the sweep callback then reports it.
     """
     # signal handlers can only be set from the main thread (not so in a threaded launcher)
+    mask_logs()  # credentials in a tracking URI never reach a log line or Hydra's own files
+    if HydraConfig.initialized():
+        mask_hydra_outputs(HydraConfig.get().runtime.output_dir, *([sweep_dir()] if sweep_dir() else []))
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:

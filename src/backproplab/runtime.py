@@ -3,6 +3,7 @@ the git commit, and the masking of secrets in what gets recorded. Small lookups,
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -77,3 +78,31 @@ def composition_error(error: BaseException) -> str:
         key = lines[0].split("'")[1]  # Hydra's hint to append it with + would be refused too: name the key
         return f"error: {key} is not a key of the config, so it cannot be overridden (check its spelling: --cfg job)"
     return "error: " + "; ".join(dict.fromkeys(lines))  # in order, each once
+
+
+def mask_logs() -> None:
+    """Mask credentials in every log record of this process (Hydra's launchers log each job's overrides, and
+    Hydra reconfigures its handlers per job, so a handler's filter would not last): a record factory, once."""
+    make = logging.getLogRecordFactory()
+    if getattr(make, "masks_secrets", False):
+        return
+
+    def masked(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        message = record.getMessage()
+        if (clean := mask_secrets(message)) != message:
+            record.msg, record.args = clean, ()
+        return record
+
+    masked.masks_secrets = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(masked)
+
+
+def mask_hydra_outputs(*dirs: str | Path) -> None:
+    """Hydra writes the overrides as typed (``.hydra/overrides.yaml``, ``hydra.yaml``, ``config.yaml``, a sweep's
+    ``multirun.yaml``): mask the credentials in them, as in the record."""
+    for d in dirs:
+        for path in [*Path(d).glob(".hydra/*.yaml"), *Path(d).glob("multirun.yaml")]:
+            text = path.read_text()
+            if (masked := mask_secrets(text)) != text:
+                path.write_text(masked)

@@ -75,6 +75,8 @@ class MlflowTracker(Recorder):
     def __enter__(self) -> MlflowTracker:
         import mlflow
 
+        # MLflow prints a server's run address with the URI's credentials; this run prints its own, masked
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.client, exp_id = open_store(self.cfg.logger)
         self.experiment_id = exp_id
         user_uri = os.environ.get("MLFLOW_TRACKING_URI")

@@ -61,6 +61,9 @@ class MlflowSweepCallback(Callback):
         return open_store(config.logger)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from backproplab.runtime import mask_logs
+
+        mask_logs()  # the launcher logs every job's overrides, a tracking URI's credentials included
         compose_first_job(config)
         if config.logger.name != "mlflow":
             return
@@ -112,6 +115,9 @@ class MlflowSweepCallback(Callback):
             (Path(config.hydra.runtime.output_dir) / "FAILED").touch()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from backproplab.runtime import mask_hydra_outputs
+
+        mask_hydra_outputs(config.hydra.sweep.dir)
         if config.logger.name == "none":
             failed = len(list(Path(config.hydra.sweep.dir).glob("*/FAILED")))
             print(f"[backproplab] sweep done: {failed} failed (logger=none: no record)", flush=True)
