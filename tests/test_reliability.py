@@ -313,3 +313,64 @@ def test_no_secrets_in_the_record() -> None:
     assert "s3cr3t" not in resolved_yaml(cfg)
     assert mask_secrets("https://ghp_abc123@host/x") == "https://***@host/x"
     assert mask_secrets("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_progress_bar_in_a_terminal_and_ctrl_c_there(ws: Workspace) -> None:
+    """In a real pseudo-terminal (stdout a tty, so progress_bar=auto draws Lightning's bar), the bar shows
+    the step count and the loss; the terminal's own Ctrl-C (the byte 0x03, turned into SIGINT by the line
+    discipline for the foreground process group) ends the run KILLED with its steps kept and exit 130."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import termios
+
+    from conftest import clean_env
+
+    ws.train("trainer.max_steps=1", "trainer.checkpoint_every=0")  # the store exists before we poll it
+    master, slave = pty.openpty()
+    # a terminal has a size (a bare pty's is 0x0, in which tqdm draws nothing): 24 rows, 120 columns
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+
+    def controlling_terminal() -> None:  # runs in the child after setsid(): the pty becomes its terminal
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        # the bar redraws every max_steps/100 steps: 50,000 steps give a redraw every second or so
+        [sys.executable, str(TRAIN), "trainer=lightning", "trainer.max_steps=50000", "logger.flush_seconds=0.5"],
+        cwd=ws.path, stdin=slave, stdout=slave, stderr=slave, env=clean_env(),
+        start_new_session=True, preexec_fn=controlling_terminal,
+    )
+    os.close(slave)
+    screen = b""
+
+    def read_until(done, seconds: float) -> None:
+        nonlocal screen
+        deadline = time.monotonic() + seconds
+        while not done() and time.monotonic() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                try:
+                    screen += os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    return
+
+    try:
+        # two redraws of the bar, each with the step count and the loss
+        read_until(lambda: len([d for d in screen.split(b"\r") if b"train" in d and b"loss=" in d]) >= 2, 180)
+        draws = [d.decode(errors="replace") for d in screen.split(b"\r") if b"train" in d and b"loss=" in d]
+        assert len(draws) >= 2, screen[-3000:].decode(errors="replace")
+        assert "/50000" in draws[-1] and "it/s" in draws[-1], draws[-1]
+        os.write(master, b"\x03")  # Ctrl-C, typed
+        read_until(lambda: proc.poll() is not None, 120)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        os.close(master)
+    text = screen.decode(errors="replace")
+    assert proc.returncode == 130, text[-3000:]
+    assert "Traceback" not in text and "interrupted: metrics so far are recorded" in text
+    _, run = ws.runs()
+    assert run.info.status == "KILLED"
+    steps = [m.step for m in ws.client().get_metric_history(run.info.run_id, "train/loss")]
+    assert len(steps) >= 1000 and steps == list(range(len(steps)))
