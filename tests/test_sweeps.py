@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -240,3 +241,55 @@ def test_no_credential_anywhere_after_real_runs(ws: Workspace, mlflow_server: st
     assert len([p for p in files if "artifacts" in p.parts]) > 10
     leaks = [str(p.relative_to(ws.path)) for p in files if secret.encode() in p.read_bytes()]
     assert leaks == []
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid``, read from /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, parent in parents.items() if parent in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def test_a_job_process_killed_mid_run_is_closed_failed(ws: Workspace) -> None:
+    """SIGKILL on a joblib worker while its job logs: nothing in that process can close its run, so the
+    sweep's parent process closes it FAILED with the reason, then the parent itself; no run stays RUNNING."""
+    import signal
+
+    from conftest import TRAIN, clean_env
+
+    assert ws.runs() == []  # the store exists before the test polls it while the sweep writes
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAIN), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer=numpy",
+         "optim.lr=1e-4,1e-5", "trainer.max_steps=60000", "logger.flush_seconds=0.2"],
+        cwd=ws.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while len([r for r in ws.runs(children_only=True) if ws.losses(r.info.run_id)]) < 2:  # both jobs log
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"the two jobs did not both log: {proc.communicate(timeout=60)}")
+            time.sleep(0.5)
+        workers = [p for p in descendants(proc.pid) if b"popen_loky" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert workers
+        os.kill(workers[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    children = ws.runs(children_only=True)
+    assert len(children) == 2 and all(r.info.status in ("FAILED", "KILLED") for r in children), out[-3000:]
+    killed = [r for r in children if "process was killed" in r.data.tags.get("failure_reason", "")]
+    assert killed and all(ws.losses(r.info.run_id) for r in killed)  # its steps before the kill are kept
+    (parent,) = [r for r in ws.runs() if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FAILED" and "process killed" in parent.data.tags["failure_reason"]

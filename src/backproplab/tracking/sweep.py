@@ -81,7 +81,7 @@ class MlflowSweepCallback(Callback):
             "mlflow.note.content": names.command(overrides, multirun=True),
         }
         run = client.create_run(exp_id, run_name=names.sweep_name(overrides, f"sweep {Path(sweep).name}"), tags=tags)
-        self.parent_id = run.info.run_id
+        self.parent_id, self.exp_id = run.info.run_id, exp_id
         self.ended = False
         # A job that exits the process (continue_on_failure=false, Ctrl-C) skips on_multirun_end:
         # close the parent anyway so that it does not stay RUNNING.
@@ -101,9 +101,30 @@ class MlflowSweepCallback(Callback):
 
     def _close_unended(self, client: Any) -> None:
         if not self.ended:
-            reason = "the sweep stopped before all its jobs had run (continue_on_failure=false, Ctrl-C or SIGTERM)"
+            self._children(client)  # a launcher that died with a killed job leaves that job's run RUNNING
+            reason = (
+                "the sweep stopped before all its jobs had run (continue_on_failure=false, Ctrl-C, SIGTERM, or a job"
+                " process killed under a parallel launcher)"
+            )
             client.set_tag(self.parent_id, "failure_reason", reason)
             client.set_terminated(self.parent_id, "FAILED")
+
+    def _children(self, client: Any) -> list[tuple[Any, str, str]]:
+        """The sweep's runs as (run, status, failure reason). A run still RUNNING is one whose job process
+        died without closing it (killed, out of memory): it is closed FAILED with that reason."""
+        from backproplab.tracking.report import search_all
+        from backproplab.tracking.store import PARENT_TAG
+
+        children = search_all(client, [self.exp_id], f"tags.`{PARENT_TAG}` = '{self.parent_id}'", [])
+        closed = []
+        for run in children:
+            status, reason = run.info.status, run.data.tags.get("failure_reason", "")
+            if status == "RUNNING":
+                status, reason = "FAILED", "the job ended without closing its run (its process was killed or died)"
+                client.set_tag(run.info.run_id, "failure_reason", reason)
+                client.set_terminated(run.info.run_id, status)
+            closed.append((run, status, reason))
+        return closed
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         """With logger=none there is no record to count failures from: a failed job (run.main returns +inf)
@@ -125,19 +146,10 @@ class MlflowSweepCallback(Callback):
                 sys.exit(1)
         if config.logger.name != "mlflow" or not hasattr(self, "parent_id"):
             return
-        from backproplab.tracking.report import search_all
-        from backproplab.tracking.store import PARENT_TAG
-
         self.ended = True
-        client, exp_id = self._client(config)
-        children = search_all(client, [exp_id], f"tags.`{PARENT_TAG}` = '{self.parent_id}'", [])
+        client, _ = self._client(config)
         counts: dict[str, int] = {}
-        for run in children:
-            status, reason = run.info.status, run.data.tags.get("failure_reason", "")
-            if status == "RUNNING":  # a job process that died without closing its run
-                status, reason = "FAILED", "the job ended without closing its run"
-                client.set_tag(run.info.run_id, "failure_reason", reason)
-                client.set_terminated(run.info.run_id, status)
+        for run, status, reason in self._children(client):
             counts[status] = counts.get(status, 0) + 1
             if status != "FINISHED":  # job logs may be in files (submitit, joblib): say why here
                 print(f"[backproplab] {status} {run.info.run_name} ({run.info.run_id[:8]}): {reason}", flush=True)
