@@ -85,12 +85,24 @@ def open_store(logger_cfg: DictConfig) -> tuple[Any, str]:
             where = f"{artifact_location}/{quote(name, safe='')}" if artifact_location else None
             exp_id = get_or_create_experiment(client, name, where)
     except Exception as e:  # MLflow raises many types here; all mean the same thing to the user
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = refusal(str(e)) or (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
         raise TrackingError(
             f"logger.tracking_uri={mask_secrets(uri) or '(default)'}: cannot open the MLflow store: {reason[:300]}"
             " (fix the path/server, or run with logger=none)"
         ) from None
     return client, exp_id
+
+LOGIN = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+
+
+def refusal(message: str) -> str | None:
+    """What a server's 401 or 403 means to the user, in place of MLflow's long response text."""
+    if "error code 401" in message:
+        return f"the server did not accept the login (HTTP 401): set {LOGIN} to an account of this server"
+    if "error code 403" in message:
+        return "the server's account lacks permission for this experiment (HTTP 403): ask its admin"
+    return None
+
 
 def probe(uri: str, timeout: float = 5.0) -> None:
     """Fail in seconds, not after MLflow's minutes of HTTP retries, when nothing listens."""

@@ -1,0 +1,183 @@
+"""A team's tracking server (issue 13): ``mlflow server`` on a real PostgreSQL, artifacts proxied through the
+server, a basic-auth login; and what a run does when that server goes away and comes back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import TRAIN, Postgres, Workspace, clean_env, serve
+
+ADMIN, PASSWORD = "admin", "team-Pw-7d41"  # not MLflow's default: the auth app refuses to start without one
+
+
+def healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+class TeamServer:
+    """``mlflow server --app-name basic-auth`` on PostgreSQL (runs and users in two databases of one cluster),
+    with ``--artifacts-destination``: clients send artifacts through the server and never see that folder."""
+
+    def __init__(self, pg: Postgres, tmp: Path) -> None:
+        self.store, self.artifacts, self.log = pg.create_database("mlflow"), tmp / "artifacts", tmp / "server.log"
+        tmp.mkdir(parents=True, exist_ok=True)
+        ini = tmp / "basic_auth.ini"
+        ini.write_text(
+            "[mlflow]\ndefault_permission = READ\n"
+            f"database_uri = {pg.create_database('mlflow_auth')}\nadmin_username = {ADMIN}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        self.env = {
+            **clean_env(), "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-key-for-tests",  # one key for every worker (CSRF)
+        }
+        self.proc, self.port = serve(self.command, self.log, ready=healthy, env=self.env, start_new_session=True)
+
+    def command(self, port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", "2", "--backend-store-uri", self.store,
+            "--artifacts-destination", str(self.artifacts),
+        ]
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # what the README recommends: MLflow's own variables, not a password in the URI
+    login = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": PASSWORD}
+
+    def client(self):
+        """A fresh client, logged in, as a teammate reading the runs afterwards."""
+        from mlflow.tracking import MlflowClient
+
+        os.environ.update(self.login)  # MLflow reads credentials from the environment only
+        return MlflowClient(self.uri)
+
+    def runs(self, children_only: bool = False) -> list:
+        client = self.client()
+        exp = client.get_experiment_by_name("backproplab")
+        runs = client.search_runs([exp.experiment_id], max_results=1000) if exp else []
+        return [r for r in runs if "mlflow.parentRunId" in r.data.tags] if children_only else runs
+
+    def kill(self) -> None:
+        """SIGKILL to the server's whole process group (gunicorn/uvicorn workers, huey): a crash, not a stop."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def restart(self) -> None:
+        """The same server on the same port, as a supervisor would bring it back."""
+        with self.log.open("a") as out:
+            self.proc = subprocess.Popen(self.command(self.port), stdout=out, stderr=subprocess.STDOUT,
+                                         env=self.env, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while not healthy(self.port):
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()[-2000:]
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def team(postgres: Postgres, tmp_path: Path) -> Iterator[TeamServer]:
+    server = TeamServer(postgres, tmp_path / "server")
+    try:
+        yield server
+    finally:
+        if server.proc.poll() is None:
+            server.kill()
+
+
+@pytest.fixture(scope="module")
+def shared_team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamServer]:
+    """One server for the tests that record nothing (the refused logins)."""
+    pg = Postgres()
+    try:
+        pg.start()
+        server = TeamServer(pg, tmp_path_factory.mktemp("team"))
+        yield server
+        server.kill()
+    finally:
+        pg.remove()
+
+
+def test_a_parallel_sweep_on_postgres_behind_a_login(ws: Workspace, team: TeamServer) -> None:
+    """4 jobs, 2 at a time, each a process of its own logging every step over HTTP to PostgreSQL."""
+    proc = ws.train(
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer=numpy",
+        "optim.lr=5e-5,1e-4,1.5e-4,2e-4", "logger.flush_every=50", f"logger.tracking_uri={team.uri}",
+        env=team.login,
+    )
+    children = team.runs(children_only=True)
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    client = team.client()
+    for run in children:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert sorted(steps) == list(range(500)), run.info.run_name
+    (parent,) = [r for r in team.runs() if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FINISHED" and "4 finished" in proc.stdout
+    assert {"report/report.md", "report/loss_curves.png"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id, "report")
+    }
+    # artifacts went through the server into its destination; nothing was written beside the launch dir
+    assert len(list(team.artifacts.rglob("config.yaml"))) == 4
+    assert not (ws.path / "mlruns").exists() and not ws.db.exists()
+    files = [p for p in ws.path.rglob("*") if p.is_file()]
+    assert PASSWORD not in proc.stdout + proc.stderr
+    assert [p for p in files if PASSWORD.encode() in p.read_bytes()] == []
+
+
+@pytest.mark.parametrize("login", ["wrong password", "no login", "wrong password in the URI"])
+def test_wrong_or_missing_credentials_stop_the_run_before_training(
+    ws: Workspace, shared_team: TeamServer, login: str
+) -> None:
+    team = shared_team
+    uri, env = team.uri, {}
+    if login == "wrong password":
+        env = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": "not-it-3141"}
+    elif login == "wrong password in the URI":
+        uri = team.uri.replace("http://", f"http://{ADMIN}:not-it-3141@")
+    proc = ws.train("trainer=numpy", f"logger.tracking_uri={uri}", env=env, check=False, timeout=120)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr[-3000:]
+    assert "did not accept the login" in lines[0] and "MLFLOW_TRACKING_PASSWORD" in lines[0]
+    assert f"127.0.0.1:{team.port}" in lines[0] and "not-it-3141" not in proc.stdout + proc.stderr
+    assert "steps, loss" not in proc.stdout  # no training happened
+    assert team.runs() == []
+
+
+def test_a_server_restarted_mid_run_costs_no_step(ws: Workspace, team: TeamServer) -> None:
+    """SIGKILL the server while a run logs, start it again a few seconds later: every step, once, FINISHED."""
+    steps = 40000
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAIN), "trainer=numpy", f"trainer.max_steps={steps}", "logger.flush_seconds=1",
+         f"logger.tracking_uri={team.uri}"],
+        cwd=ws.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**clean_env(), **team.login},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not [r for r in team.runs() if team.client().get_metric_history(r.info.run_id, "train/loss")]:
+            assert proc.poll() is None and time.monotonic() < deadline, "no step was recorded"
+            time.sleep(0.5)
+        team.kill()
+        time.sleep(4)
+        team.restart()
+        out, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    (run,) = team.runs()
+    assert run.info.status == "FINISHED"
+    recorded = [m.step for m in team.client().get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(recorded) == list(range(steps))  # none missing, none twice
