@@ -84,6 +84,8 @@ class Settings:
     d_out: int = 10
     block_s: float = 1.0  # scaling: aim for this many seconds per measured block
     compile: bool = False  # torch.compile of the Lightning model at the largest size (slow to compile)
+    server_runs: int = 16  # team server: runs at once against one mlflow server on PostgreSQL
+    server_steps: int = 2000  # team server: steps per run, each recorded
 
 
 QUICK = Settings(
@@ -99,6 +101,8 @@ QUICK = Settings(
     sweep=(),  # a one-job sweep alone takes ~15 s; the suite has its own sweep tests
     sizes=(64, 128),
     block_s=0.05,
+    server_runs=2,
+    server_steps=30,
 )
 
 

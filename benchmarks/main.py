@@ -23,10 +23,11 @@ from benchmarks.mlflow_cost import _child_fixed, bench_mlflow_fixed, bench_mlflo
 from benchmarks.processes import _child_imports, bench_imports, bench_startup, bench_sweep
 from benchmarks.report import flat_ratios, log_to_mlflow, markdown, targets
 from benchmarks.scaling import bench_compile, bench_scaling
+from benchmarks.server_load import bench_server_load
 
 # measured after the other in-process sections: TensorFlow's thread pools must not touch torch's figures
 LAST = ("tensorflow",)
-SECTIONS = ("trainers", "backends", "mlflow", "startup", "imports", "sweep", "scaling", "compile")
+SECTIONS = ("trainers", "backends", "mlflow", "startup", "imports", "sweep", "scaling", "server", "compile")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -136,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             section("imports", lambda: bench_imports(s, tmp))
         if "sweep" in sections:
             section("sweep", lambda: bench_sweep(s, tmp))
+        if "server" in sections:
+            section("server", lambda: bench_server_load(s, tmp))
 
     if "trainers" in results:  # in the tutorial's order
         results["trainers"] = {k: results["trainers"][k] for k in paired if k in results["trainers"]}

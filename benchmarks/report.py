@@ -181,6 +181,17 @@ def markdown(results: dict[str, Any]) -> str:
             cells = [f"{fmt(r['step_ms'], 2)} ms, {fmt(r['gflops'], 1)} GF/s ({fmt(r['pct_of_mm'], 0)}%)"
                      for r in sc["rows"] if r["size"] == size]
             lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    if sv := results.get("server"):
+        lines += ["", "## A team server under load (mlflow server, 2 workers, PostgreSQL)", ""]
+        if "skipped" in sv:
+            lines.append(f"skipped: {sv['skipped']}")
+        else:
+            lines += [f"{sv['runs']} runs at once, `trainer=numpy`, {sv['steps_per_run']} steps each, every step "
+                      f"recorded (a batch every {sv['flush_every']} steps): the runs wrote for "
+                      f"{fmt(sv['window_s'], 1)} s (first start to last end; {fmt(sv['wall_s'], 1)} s with the "
+                      "processes' start-up), "
+                      f"**{fmt(sv['steps_per_s'], 0)} steps recorded per second**; {sv['runs_complete']} of "
+                      f"{sv['runs']} runs FINISHED with every step exactly once ({sv['lost']} lost)."]
     if cu := results.get("scaling_cuda"):
         lines += ["", f"CUDA: {cu.get('skipped') or 'see JSON'}"]
     if co := results.get("compile"):

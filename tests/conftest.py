@@ -20,6 +20,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "scripts" / "train.py"
+sys.path.insert(0, str(REPO))  # benchmarks/, beside the package: its throwaway PostgreSQL is the tests' too
+from benchmarks.server_load import Postgres, PostgresMissing  # noqa: E402
 
 
 def free_port() -> int:
@@ -155,59 +157,13 @@ def ws(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path)
 
 
-class Postgres:
-    """A throwaway PostgreSQL cluster: initdb in a temp dir, served on a free loopback port, removed after.
-    As root the server programs run as the ``postgres`` account (PostgreSQL refuses to run as root)."""
-
-    def __init__(self) -> None:
-        import shutil
-        import tempfile
-
-        self.bin = Path(shutil.which("initdb") or "/usr/lib/postgresql/15/bin/initdb").parent
-        if not (self.bin / "initdb").exists():
-            pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
-        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        # not under pytest's tmp dir: that is private to root, and the postgres account must reach it
-        self.dir = Path(tempfile.mkdtemp(prefix="backproplab-pg-"))
-        if self.as_user:
-            shutil.chown(self.dir, "postgres", "postgres")
-        self.data = self.dir / "data"
-        subprocess.run([*self.as_user, str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
-                        "--auth=trust", "-E", "UTF8"], check=True, capture_output=True, timeout=120)
-
-    def start(self) -> None:
-        for _ in range(5):  # another process may take the free port first: then try another
-            self.port = free_port()
-            options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
-            done = subprocess.run(
-                [*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options,
-                 "-l", str(self.dir / "server.log"), "-w", "-t", "60", "start"],
-                capture_output=True, text=True, timeout=120,
-            )
-            if done.returncode == 0:
-                return
-        raise RuntimeError(f"PostgreSQL did not start: {(self.dir / 'server.log').read_text()[-2000:]}")
-
-    def create_database(self, name: str) -> str:
-        """A new database; its SQLAlchemy URI (psycopg 3, the [server] extra's driver)."""
-        import psycopg
-
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
-                             autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
-
-    def remove(self) -> None:
-        import shutil
-
-        subprocess.run([*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture
 def postgres() -> Iterator[Postgres]:
-    pg = Postgres()
+    """A throwaway PostgreSQL cluster, removed after the test (skipped where PostgreSQL is not installed)."""
+    try:
+        pg = Postgres()
+    except PostgresMissing as e:
+        pytest.skip(str(e))
     try:
         pg.start()
         yield pg

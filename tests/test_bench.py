@@ -42,7 +42,8 @@ def test_json_has_every_section_and_positive_finite_ratios(quick: tuple[dict, st
     data, _, _ = quick
     assert data["errors"] == {}
     assert data["meta"]["mode"] == "quick"
-    sections = ("trainers", "backends", "mlflow_loop", "mlflow_fixed", "startup", "imports", "sweep", "scaling")
+    sections = ("trainers", "backends", "mlflow_loop", "mlflow_fixed", "startup", "imports", "sweep", "scaling",
+                "server")
     for key in (*sections, "targets"):
         assert key in data, key
 
@@ -70,6 +71,9 @@ def test_json_has_every_section_and_positive_finite_ratios(quick: tuple[dict, st
     assert isinstance(data["imports"]["numpy_forbidden"], list)
     assert positive(data["startup"]["ratio"])  # against the project's own reference script
 
+    server = data["server"]  # runs at once against a real mlflow server on PostgreSQL: nothing lost
+    assert server["runs_complete"] == server["runs"] and server["lost"] == 0 and positive(server["steps_per_s"])
+
     rows = data["scaling"]["rows"]
     assert {r["impl"] for r in rows} == {"mm", "tensor", "autograd", "function", "lightning"}
     assert all(positive(r["step_ms"]) and positive(r["gflops"]) and positive(r["pct_of_mm"]) for r in rows)
@@ -85,7 +89,7 @@ def test_markdown_report_is_printed_and_written(quick: tuple[dict, str, str]) ->
     assert md.strip() in stdout
     assert "| target | measured | target | verdict |" in md
     for heading in ("## Targets", "## Trainers against the reference loops", "## MLflow: the loop",
-                    "## MLflow: fixed cost", "## Scaling on cpu"):
+                    "## MLflow: fixed cost", "## Scaling on cpu", "## A team server under load"):
         assert heading in md, heading
     # every target is one table row of four cells
     target_rows = [ln for ln in md.splitlines() if ln.startswith("| ") and ln.count("|") == 5]
