@@ -20,14 +20,18 @@ train: $(STAMP)
 
 # The suite runs under coverage (pyproject.toml's [tool.coverage]), the CLI processes it starts included; the
 # report is printed after the tests, whatever their outcome, and is not a pass mark. COVERAGE=0 runs bare pytest.
+# Test files run on one pytest-xdist worker per CPU (a file stays on one worker: its module fixtures run once);
+# most tests wait on processes, servers and sqlite, so two workers overlap that waiting. WORKERS=0: no xdist.
 COVERAGE ?= 1
+WORKERS ?= auto
+XDIST := $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile)
 test: $(STAMP)
 ifeq ($(COVERAGE),1)
 	rm -f .coverage .coverage.*
-	COVERAGE_FILE=$(CURDIR)/.coverage $(PY) -m coverage run -m pytest $(PYTEST_ARGS); status=$$?; \
+	COVERAGE_FILE=$(CURDIR)/.coverage $(PY) -m coverage run -m pytest $(XDIST) $(PYTEST_ARGS); status=$$?; \
 	$(PY) -m coverage combine -q && $(PY) -m coverage report; exit $$status
 else
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 endif
 
 lint: $(STAMP)
