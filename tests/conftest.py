@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "scripts" / "train.py"
 sys.path.insert(0, str(REPO))  # benchmarks/, beside the package: its throwaway PostgreSQL is the tests' too
-from benchmarks.server_load import Postgres, PostgresMissing  # noqa: E402
+from benchmarks.server_load import Postgres, PostgresMissing, healthy  # noqa: E402, F401
 
 
 def free_port() -> int:
@@ -164,15 +164,25 @@ def ws(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path)
 
 
-@pytest.fixture
-def postgres() -> Iterator[Postgres]:
-    """A throwaway PostgreSQL cluster, removed after the test (skipped where PostgreSQL is not installed)."""
+def started_postgres() -> Postgres:
+    """A throwaway PostgreSQL cluster, started (the test is skipped where PostgreSQL is not installed)."""
     try:
         pg = Postgres()
     except PostgresMissing as e:
         pytest.skip(str(e))
     try:
         pg.start()
+    except BaseException:
+        pg.remove()
+        raise
+    return pg
+
+
+@pytest.fixture
+def postgres() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL cluster, removed after the test."""
+    pg = started_postgres()
+    try:
         yield pg
     finally:
         pg.remove()

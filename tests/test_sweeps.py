@@ -6,11 +6,10 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Workspace, serve, stop
+from conftest import REPO, Workspace, healthy, serve, stop
 
 
 def assert_complete(ws: Workspace, run, steps: int) -> None:
@@ -101,14 +100,6 @@ def test_slurm_launcher_config_follows_the_trainer() -> None:
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (4, 4, 2)
     assert launcher.partition == "gpu" and launcher.timeout_min == 60
-
-
-def healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture

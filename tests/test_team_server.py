@@ -8,22 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TRAIN, Postgres, PostgresMissing, Workspace, clean_env, serve
+from conftest import TRAIN, Postgres, Workspace, clean_env, healthy, serve, started_postgres
 
 ADMIN, PASSWORD = "admin", "team-Pw-7d41"  # not MLflow's default: the auth app refuses to start without one
-
-
-def healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 class TeamServer:
@@ -101,12 +92,8 @@ def team(postgres: Postgres, tmp_path: Path) -> Iterator[TeamServer]:
 @pytest.fixture(scope="module")
 def shared_team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamServer]:
     """One server for the tests that record nothing (the refused logins)."""
+    pg = started_postgres()
     try:
-        pg = Postgres()
-    except PostgresMissing as e:
-        pytest.skip(str(e))
-    try:
-        pg.start()
         server = TeamServer(pg, tmp_path_factory.mktemp("team"))
         yield server
         server.kill()
