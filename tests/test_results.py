@@ -77,7 +77,7 @@ def test_the_address_make_ui_prints_opens_on_the_runs_table(ws: Workspace) -> No
     (run,) = ws.runs()
     log = ws.path / "ui.log"
     ui, port = serve(lambda port: [sys.executable, str(REPO / "scripts" / "ui.py"), "--port", str(port)], log,
-                     cwd=ws.path, env=clean_env(), measured=True)  # ui.py is ours, until it becomes mlflow ui
+                     cwd=ws.path, env=clean_env())
     try:
         address = re.search(r"http://\S+", log.read_text().splitlines()[0]).group(0)
         assert address.endswith(f"/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning")
