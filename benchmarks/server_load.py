@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -109,7 +110,7 @@ def bench_server_load(s: Settings, tmp: Path) -> dict[str, Any]:
         try:
             return drive(s, uri, tmp)
         finally:
-            os.killpg(server.pid, 9)
+            os.killpg(server.pid, signal.SIGKILL)  # the server and its workers
             server.wait(timeout=30)
     finally:
         pg.remove()

@@ -21,13 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "scripts" / "train.py"
 sys.path.insert(0, str(REPO))  # benchmarks/, beside the package: its throwaway PostgreSQL is the tests' too
-from benchmarks.server_load import Postgres, PostgresMissing, healthy  # noqa: E402, F401
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchmarks.server_load import Postgres, PostgresMissing, free_port, healthy  # noqa: E402, F401
 
 
 def listening(port: int) -> bool:
