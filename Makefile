@@ -1,7 +1,7 @@
 # `make train` / `make test` set everything up on a fresh machine: a .venv with the project installed
 # (with the [jax] extra, for trainer=jax, and the [server] extra, for a team server).
 # Pass Hydra overrides with ARGS, pytest options with PYTEST_ARGS:
-#   make train ARGS="model=dynamic optim=sgd_momentum"      make test PYTEST_ARGS="-k pipeline" COVERAGE=0
+#   make train ARGS="model=dynamic optim=sgd_momentum"      make test PYTEST_ARGS="-k pipeline" WORKERS=0 COVERAGE=0
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -18,13 +18,13 @@ $(STAMP): pyproject.toml constraints.txt
 train: $(STAMP)
 	$(PY) scripts/train.py $(ARGS)
 
-# COVERAGE=1 runs the suite under coverage (pyproject.toml's [tool.coverage]), the CLI processes it starts
-# included, and prints the report after the tests, whatever their outcome (not a pass mark). WORKERS=auto spreads
-# the test files over one pytest-xdist worker per CPU (a file stays on one worker: its module fixtures run once).
-# Both are off by default: serial coverage costs ~1.6x on 2 cores (past CI's 45 min), and one run with both had
-# its three SIGINT tests fail (see the README); the default is the serial, bare suite CI has always run.
-COVERAGE ?= 0
-WORKERS ?= 0
+# The suite runs under coverage (pyproject.toml's [tool.coverage]), the CLI processes it starts included, and
+# prints the report after the tests, whatever their outcome (information, not a pass mark). Coverage costs ~1.6x
+# on 2 cores, so the test files are spread over one pytest-xdist worker per CPU (a file stays on one worker: its
+# module fixtures run once); most tests wait on processes, servers and sqlite, which two workers overlap.
+# COVERAGE=0 runs bare pytest; WORKERS=0 runs serially.
+COVERAGE ?= 1
+WORKERS ?= auto
 XDIST := $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile)
 test: $(STAMP)
 ifeq ($(COVERAGE),1)
