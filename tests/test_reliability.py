@@ -67,6 +67,7 @@ BAD_INPUTS = [
     (["trainer.checkpoint_every=-1"], "trainer.checkpoint_every"),
     (["trainer.keep_checkpoints=0"], "trainer.keep_checkpoints"),
     (["logger.flush_seconds=0"], "logger.flush_seconds"),
+    (["logger.server_timeout=-1"], "logger.server_timeout"),
     (["trainer.module=backproplab.trainers.numpy"], "trainer.module"),
     # the sine edition and the new trainers
     (["data=sine"], "model=sequential fits data=random, not data=sine"),

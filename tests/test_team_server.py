@@ -171,3 +171,92 @@ def test_a_server_restarted_mid_run_costs_no_step(ws: Workspace, team: TeamServe
     assert run.info.status == "FINISHED"
     recorded = [m.step for m in team.client().get_metric_history(run.info.run_id, "train/loss")]
     assert sorted(recorded) == list(range(steps))  # none missing, none twice
+
+
+def _start_run(ws: Workspace, team: TeamServer, *overrides: str) -> subprocess.Popen:
+    """A long numpy run logging to the team server; returns once its first steps are on the server."""
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAIN), "trainer=numpy", "logger.flush_seconds=1", f"logger.tracking_uri={team.uri}",
+         *overrides],
+        cwd=ws.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**clean_env(), **team.login},
+    )
+    deadline = time.monotonic() + 120
+    while not [r for r in team.runs() if team.client().get_metric_history(r.info.run_id, "train/loss")]:
+        assert proc.poll() is None and time.monotonic() < deadline, "no step was recorded"
+        time.sleep(0.5)
+    return proc
+
+
+def _sync(ws: Workspace, team: TeamServer, spool: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(TRAIN.parent / "sync.py"), spool], cwd=ws.path, capture_output=True, text=True,
+        env={**clean_env(), **team.login}, timeout=300,
+    )
+
+
+def _spool_named_in(stderr: str) -> str:
+    (line,) = [line for line in stderr.splitlines() if "scripts/sync.py" in line]
+    spool = line.rsplit("python scripts/sync.py ", 1)[1].strip()
+    assert (Path(spool) / "spool.jsonl").is_file(), line
+    return spool
+
+
+def test_a_server_that_stays_away_costs_no_step_once_synced(ws: Workspace, team: TeamServer) -> None:
+    """The server dies for good mid-run: the run trains on, keeps what it could not send in a spool, and says how
+    to send it; once the server is back, sync completes the run (every step once, the artifacts, FINISHED), and a
+    second sync sends nothing."""
+    steps = 20000
+    proc = _start_run(ws, team, f"trainer.max_steps={steps}", "logger.server_timeout=5")
+    try:
+        team.kill()
+        out, err = proc.communicate(timeout=300)  # a hang check: the run notices within server_timeout
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err[-3000:]
+    assert f"{steps} steps, loss" in out  # it trained to the end
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "went away" in errors[0] and "Traceback" not in err, err[-3000:]
+    spool = _spool_named_in(err)
+    assert Path(spool).parent.parent.parent == ws.path / "outputs"  # in the run's output directory
+    assert [p for p in Path(spool).rglob("*") if p.is_file() and PASSWORD.encode() in p.read_bytes()] == []
+
+    team.restart()
+    (run,) = team.runs()
+    assert run.info.status == "RUNNING"  # nothing reached the server after it died
+    synced = _sync(ws, team, spool)
+    assert synced.returncode == 0 and "is FINISHED" in synced.stdout, synced.stderr[-3000:]
+    again = _sync(ws, team, spool)
+    assert again.returncode == 0 and "nothing left to send" in again.stdout, again.stderr[-3000:]
+
+    (run,) = team.runs()
+    client = team.client()
+    assert run.info.status == "FINISHED" and "final_loss" in run.data.metrics
+    recorded = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(recorded) == list(range(steps))  # none missing, none twice
+    assert {"config.yaml", "loss_curve.png", "weights.npz"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["random-64x1000"]
+
+
+def test_sigterm_during_an_outage_ends_the_run_promptly_with_its_spool(ws: Workspace, team: TeamServer) -> None:
+    """SIGTERM while the server is away ends the run within seconds, not after server_timeout (60 s by default)
+    or MLflow's minutes of retries; the spool then completes the run as KILLED, its steps 0..n-1."""
+    proc = _start_run(ws, team, "trainer.max_steps=2000000")
+    try:
+        team.kill()
+        time.sleep(3)  # its next batch (flush_seconds=1) now waits for the server
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)  # a hang check, well below the 60 s server_timeout plus work
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "interrupted: run marked KILLED" in err and "Traceback" not in err, err[-3000:]
+    spool = _spool_named_in(err)
+
+    team.restart()
+    synced = _sync(ws, team, spool)
+    assert synced.returncode == 0 and "is KILLED" in synced.stdout, synced.stderr[-3000:]
+    (run,) = team.runs()
+    assert run.info.status == "KILLED"
+    recorded = sorted(m.step for m in team.client().get_metric_history(run.info.run_id, "train/loss"))
+    assert recorded == list(range(len(recorded)))
+    assert '"op": "metrics"' in (Path(spool) / "spool.jsonl").read_text()  # the batch that was waiting, kept

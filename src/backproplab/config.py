@@ -117,9 +117,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.progress_bar={bar!r} is invalid: allowed values are auto, true, false")
     if cfg.logger.name == "mlflow":
         _int(cfg, "logger.flush_every", 1)
-        secs = cfg.logger.get("flush_seconds", 5.0)
-        if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not secs > 0:
-            raise ConfigError(f"logger.flush_seconds={secs!r} is invalid: expected a number of seconds > 0")
+        for key, default in (("flush_seconds", 5.0), ("server_timeout", 60.0)):
+            secs = cfg.logger.get(key, default)
+            if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not secs > 0:
+                raise ConfigError(f"logger.{key}={secs!r} is invalid: expected a number of seconds > 0")
     if "checkpoint_every" in cfg.trainer:
         _int(cfg, "trainer.checkpoint_every", 0)
     if "keep_checkpoints" in cfg.trainer:

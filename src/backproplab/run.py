@@ -49,8 +49,8 @@ def main(cfg: DictConfig) -> float:
         in_sweep = sweep_dir() is not None and cfg.get("continue_on_failure", True)
         if not isinstance(e, EXPECTED) and not in_sweep:
             raise  # a bug: Hydra shows it with its traceback
-        if isinstance(e, EXPECTED):
-            print(f"error: {e}", file=sys.stderr, flush=True)
+        if isinstance(e, EXPECTED):  # with the tracker's note when the server went away (its spool)
+            print("error: " + "; ".join([str(e), *getattr(e, "__notes__", [])]), file=sys.stderr, flush=True)
         else:
             log.exception("job failed (recorded as FAILED; the sweep goes on)")
         if in_sweep:
@@ -60,7 +60,10 @@ def main(cfg: DictConfig) -> float:
         sys.exit(2 if isinstance(e, ConfigError) else 1)
     except KeyboardInterrupt as e:
         code = 143 if isinstance(e, Terminated) else 130
-        print(f"interrupted: metrics so far are recorded, run marked KILLED (exit {code})", file=sys.stderr)
+        if notes := getattr(e, "__notes__", None):  # the server was away: the record is in the spool
+            print(f"interrupted: run marked KILLED (exit {code}); {notes[0]}", file=sys.stderr)
+        else:
+            print(f"interrupted: metrics so far are recorded, run marked KILLED (exit {code})", file=sys.stderr)
         sys.exit(code)
     finally:
         if in_main:

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -21,13 +22,14 @@ from backproplab.runtime import git_commit, hydra_overrides, is_rank_zero, mask_
 from backproplab.steps import Recorder
 from backproplab.tracking import names
 from backproplab.tracking.figures import fit_plot, loss_curve
+from backproplab.tracking.spool import ServerAway, Spool, apply, bound_http_retries, send
 from backproplab.tracking.store import (
+    PARENT_TAG,
     SWEPT_TAG,
     TrackingError,
     chosen_uri,
     find_parent_run,
     open_store,
-    retry_locked,
 )
 
 log = logging.getLogger("backproplab")
@@ -60,27 +62,35 @@ def resolved_yaml(cfg: DictConfig, resolve: bool = True) -> str:
     return OmegaConf.to_yaml(resolved)
 
 class MlflowTracker(Recorder):
-    """One MLflow run: opened on enter, closed with the right status on exit."""
+    """One MLflow run: opened on enter, closed with the right status on exit. Every write after the opening is
+    an operation (``tracking.spool``): applied at once, or, while the server is away, kept in a spool."""
 
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg.trainer.get("divergence_factor"))
         self.cfg = cfg
         self.flush_every = int(cfg.logger.get("flush_every", 1000))
         self.flush_seconds = float(cfg.logger.get("flush_seconds", 5.0))
-        self._pending: list[Any] = []
+        self.server_timeout = float(cfg.logger.get("server_timeout", 60.0))
+        self._pending: list[tuple[str, float, int, int]] = []
         self._t0 = time.perf_counter()
         self._flushed: float | None = None  # when the last batch was written; the clock starts at step 0
+        self.spool: Spool | None = None  # set once the server is away: every later write goes there
+        self._interrupted = False  # Ctrl-C / SIGTERM: the last writes wait for the server only briefly
+        self._files = Path(tempfile.mkdtemp(prefix="backproplab-record-"))  # artifacts, written before sending
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> MlflowTracker:
         import mlflow
+        from mlflow.entities import Param
+        from mlflow.tracking.context import registry
 
         # MLflow prints a server's run address with the URI's credentials; this run prints its own, masked
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.client, exp_id = open_store(self.cfg.logger)
         self.experiment_id = exp_id
+        self._restore_http = bound_http_retries(self.server_timeout)
         user_uri = os.environ.get("MLFLOW_TRACKING_URI")
-        mlflow.set_tracking_uri(self.client.tracking_uri)
+        mlflow.set_tracking_uri(self.client.tracking_uri)  # for mlflow.pytorch.log_model
         # MLflow also exports the URI to the environment; the next job of an in-process sweep must still see
         # the user's own setting (or none), not this job's store
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -105,31 +115,34 @@ class MlflowTracker(Recorder):
         parent = None
         if sweep := sweep_dir():
             parent = find_parent_run(self.client, exp_id, sweep)
+            if parent:
+                tags[PARENT_TAG] = parent.info.run_id
         swept = parent.data.tags.get(SWEPT_TAG, "").split() if parent else []
-        self.run = retry_locked(
-            mlflow.start_run,
-            experiment_id=exp_id,
-            run_name=names.run_name(c, overrides, swept),
-            parent_run_id=parent.info.run_id if parent else None,
-            tags=tags,
-        )
+        try:  # the client, not mlflow.start_run: no process-wide active run, which MLflow would end at exit
+            self.run = send(
+                self.client.create_run, exp_id, run_name=names.run_name(c, overrides, swept),
+                tags=registry.resolve_tags(tags), timeout=self.server_timeout,
+            )
+        except ServerAway as e:
+            raise TrackingError(f"{mask_secrets(self.client.tracking_uri)}: {e}") from None
         self.run_id = self.run.info.run_id
         try:
-            retry_locked(mlflow.log_params, flatten(self.cfg))
+            params = [Param(k, v) for k, v in flatten(self.cfg).items()]
+            send(self.client.log_batch, self.run_id, params=params, synchronous=True, timeout=self.server_timeout)
         except Exception as e:  # the run exists now: it must not stay RUNNING
-            retry_locked(mlflow.end_run, status="FAILED")
+            with contextlib.suppress(Exception):
+                send(self.client.set_terminated, self.run_id, "FAILED", timeout=5)
             raise TrackingError(f"cannot write to the MLflow store: {str(e).splitlines()[0][:300]}") from None
         return self
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
-        import mlflow
-
+        self._interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
         try:
             self.flush()
             ckpts = self.cfg.trainer.get("checkpoint_dir")
             if ckpts and Path(ckpts).is_dir() and any(Path(ckpts).iterdir()):
                 # also after a failure: they allow a resume
-                retry_locked(mlflow.log_artifacts, ckpts, "checkpoints")
+                self._write({"op": "folder", "path": str(Path(ckpts).resolve()), "dir": "checkpoints"})
         finally:
             if exc_type is None:
                 status = "FINISHED"
@@ -137,19 +150,65 @@ class MlflowTracker(Recorder):
                 status = "KILLED"
             else:
                 status = "FAILED"
-                retry_locked(mlflow.set_tag, "failure_reason", str(exc)[:5000] or exc_type.__name__)
-            retry_locked(mlflow.end_run, status=status)
+                self._write({"op": "tags", "tags": {"failure_reason": str(exc)[:5000] or exc_type.__name__}})
+            self._write({"op": "end", "status": status})
+            shutil.rmtree(self._files, ignore_errors=True)
+            self._restore_http()
+        if self.spool is None:
             page = names.run_page(self.client.tracking_uri, self.experiment_id, self.run_id,
                                   default_store=chosen_uri(self.cfg.logger) is None)
             log.info("%s run %s: %s", status, self.run.info.run_name, page)
+            return False
+        folder = self.spool.folder
+        away = (f"the tracking server {mask_secrets(self.client.tracking_uri)} went away: this {status} run's "
+                f"unsent steps, final metrics and artifacts are kept in {folder}; once the server is back, send "
+                f"them with: python scripts/sync.py {folder}")
+        if exc is None:
+            raise ServerAway(away)
+        exc.add_note(away)  # the run's own error (or interrupt) is reported, with this beside it
         return False
+
+    # -- writing ---------------------------------------------------------------------------------
+    def _write(self, op: dict[str, Any]) -> None:
+        """Apply one operation to the run, or keep it in the spool once the server is away."""
+        if self.spool is None:
+            try:
+                timeout = min(self.server_timeout, 5.0) if self._interrupted else self.server_timeout
+                send(apply, self.client, self.run_id, op, timeout=timeout)
+                return
+            except ServerAway:
+                self._open_spool()
+            except KeyboardInterrupt:  # while waiting for the server: keep this write, and stop waiting
+                self._open_spool()
+                self.spool.append(op)  # type: ignore[union-attr]
+                if not self._interrupted:
+                    raise
+                return
+        self.spool.append(op)  # type: ignore[union-attr]
+
+    def _open_spool(self) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            folder = Path(HydraConfig.get().runtime.output_dir) / "spool"
+        else:  # compose-API callers (verify, bench)
+            folder = Path(tempfile.mkdtemp(prefix="backproplab-spool-"))
+        self.spool = Spool.create(folder, self.client.tracking_uri, self.run_id, self.run.info.run_name)
+        log.warning("the tracking server is away: this run's record goes on in %s", folder)
+
+    def _file(self, name: str, text: str | None = None, figure: Any = None) -> dict[str, Any]:
+        """An artifact written to the local record folder first: a file operation."""
+        path = self._files / name
+        if figure is not None:
+            figure.savefig(path)
+        else:
+            path.write_text(text or "")
+        return {"op": "file", "path": str(path)}
 
     # -- per step --------------------------------------------------------------------------------
     def on_step(self, step: int, loss: float) -> None:
-        from mlflow.entities import Metric
-
         super().on_step(step, loss)
-        self._pending.append(Metric("train/loss", self.losses[-1], int(time.time() * 1000), step))
+        self._pending.append(("train/loss", self.losses[-1], int(time.time() * 1000), step))
         # a database write costs ~20 ms, a whole tutorial step ~0.5 ms: write in batches, by count or by age
         # (so a long run's curve still shows up live in the UI)
         now = time.perf_counter()
@@ -159,60 +218,52 @@ class MlflowTracker(Recorder):
             self.flush()
 
     def flush(self) -> None:
-        """One database write for all buffered steps (MLflow allows 1000 metrics per batch)."""
+        """One write for all buffered steps (MLflow allows 1000 metrics per batch)."""
         while self._pending:
             batch = self._pending[:1000]
-            retry_locked(self.client.log_batch, self.run_id, metrics=batch, synchronous=True)
+            try:
+                self._write({"op": "metrics", "metrics": batch})
+            except KeyboardInterrupt:  # the batch is in the spool
+                del self._pending[: len(batch)]
+                raise
             del self._pending[: len(batch)]
         self._flushed = time.perf_counter()
 
     # -- at the end ------------------------------------------------------------------------------
     def finish(self, result: Any, problem: Any) -> None:
-        import mlflow
-
         self.flush()
         steps = len(self.losses)
-        retry_locked(
-            mlflow.log_metrics,
-            {
-                "final_loss": self.losses[-1],
-                "time/total_s": time.perf_counter() - self._t0,
-                "time/loop_s": result.loop_s,
-                "time/step_ms": 1000 * result.loop_s / max(steps, 1),
-                "throughput/samples_per_s": problem.x.shape[0] * steps / max(result.loop_s, 1e-12),
-                **{f"time/{key}": value for key, value in result.timings.items()},
-            }
-        )
-        retry_locked(mlflow.log_text, resolved_yaml(self.cfg), "config.yaml")
+        final = {
+            "final_loss": self.losses[-1],
+            "time/total_s": time.perf_counter() - self._t0,
+            "time/loop_s": result.loop_s,
+            "time/step_ms": 1000 * result.loop_s / max(steps, 1),
+            "throughput/samples_per_s": problem.x.shape[0] * steps / max(result.loop_s, 1e-12),
+            **{f"time/{key}": value for key, value in result.timings.items()},
+        }
+        now = int(time.time() * 1000)
+        self._write({"op": "metrics", "metrics": [(k, float(v), now, 0) for k, v in final.items()]})
+        self._write(self._file("config.yaml", resolved_yaml(self.cfg)))
         # with its interpolations kept (optim.optimizer.lr: ${..lr}), so that +rerun overrides propagate
-        retry_locked(mlflow.log_text, resolved_yaml(self.cfg, resolve=False), "config_source.yaml")
+        self._write(self._file("config_source.yaml", resolved_yaml(self.cfg, resolve=False)))
         if problem.repeats is not None:
-            retry_locked(mlflow.log_text, json.dumps(problem.repeats.tolist()), "repeat_schedule.json")
-        retry_locked(mlflow.log_figure, loss_curve(self.steps, self.losses, self.cfg), "loss_curve.png")
-        self.log_dataset(problem)
+            self._write(self._file("repeat_schedule.json", json.dumps(problem.repeats.tolist())))
+        self._write(self._file("loss_curve.png", figure=loss_curve(self.steps, self.losses, self.cfg)))
+        # the training data as an MLflow dataset input: the UI's Dataset column says what the run trained on
+        self._write({"op": "dataset", "name": problem.name, "object": (problem.x, problem.y)})
         self.log_fit(result, problem)
         self.log_weights(result)
-
-    def log_dataset(self, problem: Any) -> None:
-        """The training data as an MLflow dataset input: the UI's Dataset column says what the run trained on."""
-        import mlflow
-        import mlflow.data
-
-        dataset = mlflow.data.from_numpy(problem.x, targets=problem.y, name=problem.name)
-        retry_locked(mlflow.log_input, dataset, context="training")
 
     def log_fit(self, result: Any, problem: Any) -> None:
         """A formula model's fit: the formula (tag ``fit.formula``, ``result.txt``, the description's second line),
         ``fit.png`` against the data, and the curves as ``fit.json`` (which the sweep report overlays)."""
-        import mlflow
-
         if problem.formula is None:
             return
         text = problem.formula(result.weights)
         log.info("Result: %s", text)
-        tags = {"fit.formula": text, "mlflow.note.content": f"{self.note}\n\nResult: {text}"}
-        retry_locked(mlflow.set_tags, tags)
-        retry_locked(mlflow.log_text, f"Result: {text}\n", "result.txt")
+        note = f"{self.note}\n\nResult: {text}"
+        self._write({"op": "tags", "tags": {"fit.formula": text, "mlflow.note.content": note}})
+        self._write(self._file("result.txt", f"Result: {text}\n"))
         curves = problem.curves(result.weights)
         every = max(1, len(problem.x) // 400)  # enough points for a smooth line, a small file
         fit = {
@@ -220,34 +271,18 @@ class MlflowTracker(Recorder):
             "y": problem.y[::every].tolist(),
             "curves": {name: c[::every].tolist() for name, c in curves.items()},
         }
-        retry_locked(mlflow.log_text, json.dumps(fit), "fit.json")
-        retry_locked(mlflow.log_figure, fit_plot(fit, f"{self.run.info.run_name}: {text}"), "fit.png")
+        self._write(self._file("fit.json", json.dumps(fit)))
+        self._write(self._file("fit.png", figure=fit_plot(fit, f"{self.run.info.run_name}: {text}")))
 
     def log_weights(self, result: Any) -> None:
-        import mlflow
-
-        if result.model is not None:  # a torch module
-            import mlflow.pytorch
-            import torch
-
-            # pickle format: the default (pt2) traces one path through forward(), which is wrong for
-            # the dynamic net's Python control flow (MLflow warns about pickle; we chose it knowingly).
-            # Explicit requirements: MLflow's inference of them costs seconds per run.
-            logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-            retry_locked(
-                mlflow.pytorch.log_model,
-                result.model.cpu(),
-                name="model",
-                serialization_format="pickle",
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            )
-        else:  # numpy / TensorFlow: the arrays themselves
+        """A torch module as an MLflow model; numpy's and TensorFlow's arrays as ``weights.npz``."""
+        if result.model is not None:
+            self._write({"op": "model", "object": result.model.cpu(), "experiment_id": self.experiment_id})
+        else:
             import numpy as np
 
-            with tempfile.TemporaryDirectory() as d:
-                path = os.path.join(d, "weights.npz")
-                np.savez(path, **result.weights)
-                retry_locked(mlflow.log_artifact, path)
+            np.savez(self._files / "weights.npz", **result.weights)
+            self._write({"op": "file", "path": str(self._files / "weights.npz")})
 
 def record_refusal(cfg: DictConfig, error: Exception) -> None:
     """A multirun job whose config was refused still leaves a FAILED child run with the reason, so that the

@@ -1,0 +1,269 @@
+"""A run's record while its server is away, and the command that sends it later.
+
+After a run has opened, everything it writes is an operation: a batch of metrics, tags, a file, a folder, the
+dataset, the model, the end with its status. The tracker (``tracking.run``) applies each at once with ``send``:
+bounded retries with back-off, so that a server restarted within ``logger.server_timeout`` seconds costs nothing.
+When the server stays away longer, or the run is interrupted while waiting for it, the tracker appends that
+operation and every later one to a spool instead: ``spool.jsonl`` (a line per operation, append-only) in the run's
+output directory, with the files the operations name copied beside it. ``python scripts/sync.py <spool>`` applies
+them later, in order and with the same ``apply``, noting each one sent in ``sent``: run twice, it sends nothing
+twice, and the run's status comes last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from backproplab.runtime import mask_secrets
+from backproplab.tracking.store import LOGIN, TrackingError, retry_locked
+
+log = logging.getLogger("backproplab")
+LINES, SENT = "spool.jsonl", "sent"
+
+
+class ServerAway(TrackingError):
+    """The tracking server did not answer for ``logger.server_timeout`` seconds."""
+
+
+def transient(error: BaseException) -> bool:
+    """A failure that a server coming back would cure: no connection, a timeout, a 5xx or 429 answer."""
+    import requests
+
+    if isinstance(error, (requests.ConnectionError, requests.Timeout)):
+        return True
+    text = str(error)
+    # MLflow wraps a connection failure as "API request to ... failed with exception ..."; a server's own error
+    # as "... failed with error code 503 != 200"; the artifact proxy's as requests' "503 Server Error: ..."
+    answer = re.search(r"error code (429|5\d\d)\b|^(429|5\d\d) Server Error", text)
+    return "failed with exception" in text or answer is not None
+
+
+def bound_http_retries(timeout: float) -> Callable[[], None]:
+    """MLflow retries a request to a dead server for minutes (7 retries, exponential back-off): ``send`` does the
+    retrying instead, within ``timeout``; one request waits at most ``timeout`` seconds for an answer. MLflow
+    reads its variables at every request. Returns what puts them back as they were."""
+    keys = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    before = {key: os.environ.get(key) for key in keys}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    current = int(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "120"))
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, min(current, int(timeout))))
+
+    def restore() -> None:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    return restore
+
+
+def send(write: Callable[..., Any], *args: Any, timeout: float, **kwargs: Any) -> Any:
+    """``write(*args, **kwargs)``, retried with back-off while the server is away, for at most ``timeout``
+    seconds from the first failure; then ServerAway. Other errors are raised at once (sqlite's lock is
+    retried as everywhere, by ``retry_locked``)."""
+    deadline, delay = None, 0.5
+    while True:
+        try:
+            return retry_locked(write, *args, **kwargs)
+        except Exception as e:
+            if not transient(e):
+                raise
+            now = time.monotonic()
+            deadline = deadline or now + timeout
+            if now >= deadline:
+                raise ServerAway(f"the tracking server did not answer for {timeout:g} s") from None
+            log.warning("the tracking server did not answer: retried in %.1f s", delay)
+            time.sleep(min(delay, deadline - now))
+            delay = min(2 * delay, 8.0)
+
+
+# -- the operations ----------------------------------------------------------------------------------------
+# An operation is a dict: {"op": kind, ...}. "path" names a file or folder (absolute while the run holds it,
+# relative to the spool once spooled); "object" is an in-memory payload (the model, the dataset's arrays),
+# which the spool writes to a file.
+
+
+def apply(client: Any, run_id: str, op: dict[str, Any], base: Path = Path("/")) -> None:
+    """One operation, written to the run ``run_id`` through ``client``."""
+    from mlflow.entities import Metric, RunTag
+
+    kind = op["op"]
+    path = base / op["path"] if "path" in op else None
+    if kind == "metrics":
+        client.log_batch(run_id, metrics=[Metric(*m) for m in op["metrics"]], synchronous=True)
+    elif kind == "tags":
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in op["tags"].items()], synchronous=True)
+    elif kind == "file":
+        client.log_artifact(run_id, str(path), op.get("dir"))
+    elif kind == "folder":
+        client.log_artifacts(run_id, str(path), op.get("dir"))
+    elif kind == "dataset":
+        _log_dataset(client, run_id, op, path)
+    elif kind == "model":
+        _log_model(client, run_id, op, path)
+    elif kind == "end":
+        client.set_terminated(run_id, op["status"])
+    else:
+        raise ValueError(f"unknown spool operation {kind!r}")
+
+
+def _log_dataset(client: Any, run_id: str, op: dict[str, Any], path: Path | None) -> None:
+    """The training data as an MLflow dataset input: the UI's Dataset column says what the run trained on."""
+    import mlflow.data
+    import numpy as np
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    if "object" in op:
+        x, y = op["object"]
+    else:
+        with np.load(path) as arrays:
+            x, y = arrays["x"], arrays["y"]
+    dataset = mlflow.data.from_numpy(x, targets=y, name=op["name"])
+    tags = [InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")]
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
+
+
+def _log_model(client: Any, run_id: str, op: dict[str, Any], path: Path | None) -> None:
+    """A torch module as an MLflow model of the run (pickle format: the default, pt2, traces one path through
+    ``forward()``, which is wrong for the dynamic net's Python control flow; MLflow warns, we chose it knowingly).
+    Explicit requirements: MLflow's inference of them costs seconds per run."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    model = op["object"] if "object" in op else torch.load(path, weights_only=False)
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+    if mlflow.get_tracking_uri() != client.tracking_uri:
+        mlflow.set_tracking_uri(client.tracking_uri)
+    mlflow.set_experiment(experiment_id=op["experiment_id"])  # else the model would go to the current experiment
+    mlflow.pytorch.log_model(
+        model, name="model", run_id=run_id, serialization_format="pickle",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+    )
+
+
+# -- the spool ---------------------------------------------------------------------------------------------
+
+
+class Spool:
+    """The folder that keeps a run's unsent operations: ``spool.jsonl`` (a header line naming the store and
+    the run, then a line per operation), the files they name, and ``sent`` (the lines ``sync`` has sent)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @classmethod
+    def create(cls, folder: Path, tracking_uri: str, run_id: str, run_name: str) -> Spool:
+        folder.mkdir(parents=True, exist_ok=True)
+        spool = cls(folder)
+        # the URI masked: a password never reaches the disk (sync takes the login from MLflow's variables)
+        spool._write({"tracking_uri": mask_secrets(tracking_uri), "run_id": run_id, "run_name": run_name})
+        return spool
+
+    @property
+    def lines(self) -> Path:
+        return self.folder / LINES
+
+    def append(self, op: dict[str, Any]) -> None:
+        """Keep one operation: its files copied (its objects written) into the spool, then its line."""
+        op = dict(op)
+        n = sum(1 for _ in self.lines.open())
+        if "object" in op or "path" in op:  # its files in a folder of its own, named by its line: <n>/<name>
+            (self.folder / str(n)).mkdir()
+        if "object" in op:
+            op["path"] = self._materialize(op.pop("object"), op["op"], self.folder / str(n))
+        elif "path" in op:
+            source = Path(op["path"])
+            op["path"] = f"{n}/{source.name}"
+            (shutil.copytree if source.is_dir() else shutil.copy2)(source, self.folder / op["path"])
+        self._write(op)
+
+    def _materialize(self, payload: Any, kind: str, folder: Path) -> str:
+        if kind == "model":
+            import torch
+
+            torch.save(payload, folder / "model.pt")
+            return f"{folder.name}/model.pt"
+        import numpy as np
+
+        np.savez(folder / "dataset.npz", x=payload[0], y=payload[1])
+        return f"{folder.name}/dataset.npz"
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        with self.lines.open("a") as f:  # a line per write, flushed to disk: a crash loses at most the last one
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        header, *ops = (json.loads(line) for line in self.lines.read_text().splitlines() if line.strip())
+        return header, ops
+
+    def sent(self) -> set[int]:
+        path = self.folder / SENT
+        return {int(n) for n in path.read_text().split()} if path.exists() else set()
+
+    def mark_sent(self, n: int) -> None:
+        with (self.folder / SENT).open("a") as f:
+            f.write(f"{n}\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def sync(folder: Path, tracking_uri: str | None = None) -> int:
+    """Send a spool's unsent operations to its run, in order; returns how many were sent."""
+    from mlflow.tracking import MlflowClient
+
+    spool = Spool(folder)
+    header, ops = spool.read()
+    uri = tracking_uri or header["tracking_uri"]
+    if "***" in uri:
+        raise TrackingError(f"{uri}: the spool keeps the URI without its password; pass --tracking-uri, or set {LOGIN}")
+    client, done, sent = MlflowClient(uri), spool.sent(), 0
+    for n, op in enumerate(ops):
+        if n in done:
+            continue
+        send(apply, client, header["run_id"], op, spool.folder, timeout=60)
+        spool.mark_sent(n)
+        sent += 1
+    return sent
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python scripts/sync.py <spool>``: complete a run recorded while its server was away."""
+    parser = argparse.ArgumentParser(prog="sync.py", description=main.__doc__)
+    parser.add_argument("spool", type=Path, help=f"the spool folder (or its {LINES}) that the run named")
+    parser.add_argument("--tracking-uri", help="the server, when it moved (default: the one the run used)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    folder = args.spool.parent if args.spool.name == LINES else args.spool
+    if not (folder / LINES).is_file():
+        print(f"error: {args.spool}: not a spool (no {LINES} there)", file=sys.stderr)
+        return 2
+    bound_http_retries(60)
+    try:
+        header, ops = Spool(folder).read()
+        sent = sync(folder, args.tracking_uri)
+    except TrackingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # MLflow raises many types; all mean the store refused or is unreachable
+        print(f"error: {mask_secrets(str(e).strip().splitlines()[0][:300])}", file=sys.stderr)
+        return 1
+    status = next((op["status"] for op in reversed(ops) if op["op"] == "end"), None)
+    done = "nothing left to send" if sent == 0 else f"sent {sent} of {len(ops)} operations"
+    print(f"{done}: run {header['run_name']} ({header['run_id']}) is {status or 'still open'} "
+          f"in {mask_secrets(args.tracking_uri or header['tracking_uri'])}")
+    return 0
