@@ -76,19 +76,28 @@ class MlflowTracker(Recorder):
         self._flushed: float | None = None  # when the last batch was written; the clock starts at step 0
         self.spool: Spool | None = None  # set once the server is away: every later write goes there
         self._interrupted = False  # Ctrl-C / SIGTERM: the last writes wait for the server only briefly
+        self._waiting = False  # the write under way has found the server away
         self._files = Path(tempfile.mkdtemp(prefix="backproplab-record-"))  # artifacts, written before sending
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> MlflowTracker:
-        import mlflow
-        from mlflow.entities import Param
-        from mlflow.tracking.context import registry
-
         # MLflow prints a server's run address with the URI's credentials; this run prints its own, masked
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.client, exp_id = open_store(self.cfg.logger)
         self.experiment_id = exp_id
+        self._server = self.client.tracking_uri.startswith(("http://", "https://"))
         self._restore_http = bound_http_retries(self.server_timeout)
+        try:
+            return self._open_run(exp_id)
+        except BaseException:  # no __exit__ follows: put MLflow's variables back here
+            self._restore_http()
+            raise
+
+    def _open_run(self, exp_id: str) -> MlflowTracker:
+        import mlflow
+        from mlflow.entities import Param
+        from mlflow.tracking.context import registry
+
         user_uri = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.client.tracking_uri)  # for mlflow.pytorch.log_model
         # MLflow also exports the URI to the environment; the next job of an in-process sweep must still see
@@ -121,65 +130,90 @@ class MlflowTracker(Recorder):
         try:  # the client, not mlflow.start_run: no process-wide active run, which MLflow would end at exit
             self.run = send(
                 self.client.create_run, exp_id, run_name=names.run_name(c, overrides, swept),
-                tags=registry.resolve_tags(tags), timeout=self.server_timeout,
+                tags=registry.resolve_tags(tags), timeout=self.server_timeout, server=self._server,
             )
         except ServerAway as e:
             raise TrackingError(f"{mask_secrets(self.client.tracking_uri)}: {e}") from None
         self.run_id = self.run.info.run_id
         try:
             params = [Param(k, v) for k, v in flatten(self.cfg).items()]
-            send(self.client.log_batch, self.run_id, params=params, synchronous=True, timeout=self.server_timeout)
+            send(self.client.log_batch, self.run_id, params=params, synchronous=True, timeout=self.server_timeout,
+                 server=self._server)
         except Exception as e:  # the run exists now: it must not stay RUNNING
             with contextlib.suppress(Exception):
-                send(self.client.set_terminated, self.run_id, "FAILED", timeout=5)
+                send(self.client.set_terminated, self.run_id, "FAILED", timeout=5, server=self._server)
             raise TrackingError(f"cannot write to the MLflow store: {str(e).splitlines()[0][:300]}") from None
         return self
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
-        self._interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        interrupt = exc if isinstance(exc, KeyboardInterrupt) else None
+        error = exc if interrupt is None else None
+        if interrupt:
+            self._hurry()
         try:
-            self.flush()
-            ckpts = self.cfg.trainer.get("checkpoint_dir")
-            if ckpts and Path(ckpts).is_dir() and any(Path(ckpts).iterdir()):
-                # also after a failure: they allow a resume
-                self._write({"op": "folder", "path": str(Path(ckpts).resolve()), "dir": "checkpoints"})
+            try:
+                self.flush()
+                ckpts = self.cfg.trainer.get("checkpoint_dir")
+                if ckpts and Path(ckpts).is_dir() and any(Path(ckpts).iterdir()):
+                    # also after a failure: they allow a resume
+                    self._write({"op": "folder", "path": str(Path(ckpts).resolve()), "dir": "checkpoints"})
+            except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM during these last writes
+                interrupt = interrupt or e
+                self._hurry()
+                self.flush()  # what it left unsent: sent at once, or kept
+            except Exception as e:  # a store that refuses a write: the run still gets its status
+                error = error or e
+                raise
+            finally:
+                status = "KILLED" if interrupt else "FAILED" if error else "FINISHED"
+                if error is not None:
+                    reason = mask_secrets(str(error))[:5000] or type(error).__name__
+                    self._write({"op": "tags", "tags": {"failure_reason": reason}})
+                self._write({"op": "end", "status": status})
         finally:
-            if exc_type is None:
-                status = "FINISHED"
-            elif issubclass(exc_type, KeyboardInterrupt):
-                status = "KILLED"
-            else:
-                status = "FAILED"
-                self._write({"op": "tags", "tags": {"failure_reason": str(exc)[:5000] or exc_type.__name__}})
-            self._write({"op": "end", "status": status})
             shutil.rmtree(self._files, ignore_errors=True)
             self._restore_http()
         if self.spool is None:
             page = names.run_page(self.client.tracking_uri, self.experiment_id, self.run_id,
                                   default_store=chosen_uri(self.cfg.logger) is None)
             log.info("%s run %s: %s", status, self.run.info.run_name, page)
-            return False
-        folder = self.spool.folder
-        away = (f"the tracking server {mask_secrets(self.client.tracking_uri)} went away: this {status} run's "
-                f"unsent steps, final metrics and artifacts are kept in {folder}; once the server is back, send "
-                f"them with: python scripts/sync.py {folder}")
-        if exc is None:
-            raise ServerAway(away)
-        exc.add_note(away)  # the run's own error (or interrupt) is reported, with this beside it
+        else:
+            folder = self.spool.folder
+            away = (f"the tracking server {mask_secrets(self.client.tracking_uri)} went away: this {status} run's "
+                    f"unsent steps, final metrics and artifacts are kept in {folder}; once the server is back, "
+                    f"send them with: python scripts/sync.py {folder}")
+            if exc is None and interrupt is None:
+                raise ServerAway(away)
+            (interrupt or exc).add_note(away)  # type: ignore[union-attr]  # reported with the run's own error
+        if interrupt is not None and interrupt is not exc:
+            raise interrupt
         return False
 
     # -- writing ---------------------------------------------------------------------------------
+    def _hurry(self) -> None:
+        """Interrupted: the last writes wait for an away server briefly, not ``server_timeout``."""
+        self._interrupted = True
+        if int(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")) > 5:
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
+
+    def _failing(self) -> None:
+        self._waiting = True
+
     def _write(self, op: dict[str, Any]) -> None:
         """Apply one operation to the run, or keep it in the spool once the server is away."""
         if self.spool is None:
+            self._waiting = False  # set by send once the server fails to answer this write
             try:
                 timeout = min(self.server_timeout, 5.0) if self._interrupted else self.server_timeout
-                send(apply, self.client, self.run_id, op, timeout=timeout)
+                send(apply, self.client, self.run_id, op, timeout=timeout, server=self._server,
+                     failing=self._failing)
                 return
             except ServerAway:
                 self._open_spool()
-            except KeyboardInterrupt:  # while waiting for the server: keep this write, and stop waiting
-                self._open_spool()
+            except KeyboardInterrupt:
+                if not (self._waiting or self._interrupted):
+                    raise  # a healthy write, cut short: the caller still holds it (a metric batch stays pending)
+                self._open_spool()  # interrupted while waiting for the server: keep this write, stop waiting
                 self.spool.append(op)  # type: ignore[union-attr]
                 if not self._interrupted:
                     raise
@@ -223,8 +257,9 @@ class MlflowTracker(Recorder):
             batch = self._pending[:1000]
             try:
                 self._write({"op": "metrics", "metrics": batch})
-            except KeyboardInterrupt:  # the batch is in the spool
-                del self._pending[: len(batch)]
+            except KeyboardInterrupt:
+                if self.spool is not None:  # the batch is in the spool
+                    del self._pending[: len(batch)]
                 raise
             del self._pending[: len(batch)]
         self._flushed = time.perf_counter()

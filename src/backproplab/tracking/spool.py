@@ -38,14 +38,22 @@ class ServerAway(TrackingError):
 def transient(error: BaseException) -> bool:
     """A failure that a server coming back would cure: no connection, a timeout, a 5xx or 429 answer."""
     import requests
+    from mlflow.exceptions import MlflowException
 
-    if isinstance(error, (requests.ConnectionError, requests.Timeout)):
-        return True
-    text = str(error)
-    # MLflow wraps a connection failure as "API request to ... failed with exception ..."; a server's own error
-    # as "... failed with error code 503 != 200"; the artifact proxy's as requests' "503 Server Error: ..."
-    answer = re.search(r"error code (429|5\d\d)\b|^(429|5\d\d) Server Error", text)
-    return "failed with exception" in text or answer is not None
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (requests.ConnectionError, requests.Timeout)):
+            return True
+        if isinstance(seen, requests.HTTPError) and seen.response is not None:  # the artifact proxy's answer
+            return seen.response.status_code == 429 or seen.response.status_code >= 500
+        if isinstance(seen, MlflowException):
+            # MLflow wraps a failed request as "API request to ... failed with (timeout) exception ..."
+            if re.search(r"failed with (timeout )?exception", str(seen)):
+                return True
+            code = seen.get_http_status_code()  # a server's own error answer: 503 TEMPORARILY_UNAVAILABLE, ...
+            return code == 429 or code >= 500
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def bound_http_retries(timeout: float) -> Callable[[], None]:
@@ -68,22 +76,26 @@ def bound_http_retries(timeout: float) -> Callable[[], None]:
     return restore
 
 
-def send(write: Callable[..., Any], *args: Any, timeout: float, **kwargs: Any) -> Any:
-    """``write(*args, **kwargs)``, retried with back-off while the server is away, for at most ``timeout``
-    seconds from the first failure; then ServerAway. Other errors are raised at once (sqlite's lock is
-    retried as everywhere, by ``retry_locked``)."""
+def send(write: Callable[..., Any], *args: Any, timeout: float, server: bool = True,
+         failing: Callable[[], None] | None = None, **kwargs: Any) -> Any:
+    """``write(*args, **kwargs)``, retried with back-off while a tracking ``server`` is away, for at most ``timeout``
+    seconds from the first failure (which calls ``failing``); then ServerAway. Other errors are raised at once
+    (sqlite's lock is retried as everywhere, by ``retry_locked``)."""
     deadline, delay = None, 0.5
     while True:
         try:
             return retry_locked(write, *args, **kwargs)
         except Exception as e:
-            if not transient(e):
+            if not (server and transient(e)):
                 raise
             now = time.monotonic()
-            deadline = deadline or now + timeout
+            if deadline is None:
+                deadline = now + timeout
+                if failing:
+                    failing()
             if now >= deadline:
                 raise ServerAway(f"the tracking server did not answer for {timeout:g} s") from None
-            log.warning("the tracking server did not answer: retried in %.1f s", delay)
+            log.warning("the tracking server did not answer: retried in %.1f s", min(delay, deadline - now))
             time.sleep(min(delay, deadline - now))
             delay = min(2 * delay, 8.0)
 
@@ -147,11 +159,19 @@ def _log_model(client: Any, run_id: str, op: dict[str, Any], path: Path | None) 
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
     if mlflow.get_tracking_uri() != client.tracking_uri:
         mlflow.set_tracking_uri(client.tracking_uri)
-    mlflow.set_experiment(experiment_id=op["experiment_id"])  # else the model would go to the current experiment
-    mlflow.pytorch.log_model(
-        model, name="model", run_id=run_id, serialization_format="pickle",
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-    )
+    # with no active run, a logged model goes to the current experiment: the run's, for this call only
+    before = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    os.environ["MLFLOW_EXPERIMENT_ID"] = op["experiment_id"]
+    try:
+        mlflow.pytorch.log_model(
+            model, name="model", run_id=run_id, serialization_format="pickle",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        else:
+            os.environ["MLFLOW_EXPERIMENT_ID"] = before
 
 
 # -- the spool ---------------------------------------------------------------------------------------------
@@ -163,11 +183,15 @@ class Spool:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._count = None  # operations kept so far (lines after the header), once known
 
     @classmethod
     def create(cls, folder: Path, tracking_uri: str, run_id: str, run_name: str) -> Spool:
+        if (folder / LINES).exists():  # another run's, in the same output directory: this one gets its own
+            folder = folder.with_name(f"{folder.name}-{run_id}")
         folder.mkdir(parents=True, exist_ok=True)
         spool = cls(folder)
+        spool._count = 0
         # the URI masked: a password never reaches the disk (sync takes the login from MLflow's variables)
         spool._write({"tracking_uri": mask_secrets(tracking_uri), "run_id": run_id, "run_name": run_name})
         return spool
@@ -179,8 +203,11 @@ class Spool:
     def append(self, op: dict[str, Any]) -> None:
         """Keep one operation: its files copied (its objects written) into the spool, then its line."""
         op = dict(op)
-        n = sum(1 for _ in self.lines.open())
+        if self._count is None:
+            self._count = len(self.read()[1])
+        n = self._count
         if "object" in op or "path" in op:  # its files in a folder of its own, named by its line: <n>/<name>
+            shutil.rmtree(self.folder / str(n), ignore_errors=True)  # a copy an interrupt cut short
             (self.folder / str(n)).mkdir()
         if "object" in op:
             op["path"] = self._materialize(op.pop("object"), op["op"], self.folder / str(n))
@@ -189,6 +216,7 @@ class Spool:
             op["path"] = f"{n}/{source.name}"
             (shutil.copytree if source.is_dir() else shutil.copy2)(source, self.folder / op["path"])
         self._write(op)
+        self._count = n + 1
 
     def _materialize(self, payload: Any, kind: str, folder: Path) -> str:
         if kind == "model":
@@ -208,7 +236,12 @@ class Spool:
             os.fsync(f.fileno())
 
     def read(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        header, *ops = (json.loads(line) for line in self.lines.read_text().splitlines() if line.strip())
+        lines = [line for line in self.lines.read_text().splitlines() if line.strip()]
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:  # the last line, cut short by a crash: its write never completed
+            lines.pop()
+        header, *ops = (json.loads(line) for line in lines)
         return header, ops
 
     def sent(self) -> set[int]:
@@ -229,8 +262,10 @@ def sync(folder: Path, tracking_uri: str | None = None) -> int:
     spool = Spool(folder)
     header, ops = spool.read()
     uri = tracking_uri or header["tracking_uri"]
-    if "***" in uri:
-        raise TrackingError(f"{uri}: the spool keeps the URI without its password; pass --tracking-uri, or set {LOGIN}")
+    if "***" in uri:  # the spool keeps the URI without its password
+        if not any(os.environ.get(v) for v in ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")):
+            raise TrackingError(f"{uri}: the spool keeps this URI without its password: set {LOGIN}")
+        uri = re.sub(r"//[^/@]+@", "//", uri)  # the login comes from MLflow's variables
     client, done, sent = MlflowClient(uri), spool.sent(), 0
     for n, op in enumerate(ops):
         if n in done:
