@@ -77,7 +77,7 @@ class MlflowTracker(Recorder):
         self.spool: Spool | None = None  # set once the server is away: every later write goes there
         self._interrupted = False  # Ctrl-C / SIGTERM: the last writes wait for the server only briefly
         self._waiting = False  # the write under way has found the server away
-        self._files = Path(tempfile.mkdtemp(prefix="backproplab-record-"))  # artifacts, written before sending
+        self._files: Path | None = None  # a temporary folder for the artifacts, written there before sending
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> MlflowTracker:
@@ -171,7 +171,8 @@ class MlflowTracker(Recorder):
                     self._write({"op": "tags", "tags": {"failure_reason": reason}})
                 self._write({"op": "end", "status": status})
         finally:
-            shutil.rmtree(self._files, ignore_errors=True)
+            if self._files is not None:
+                shutil.rmtree(self._files, ignore_errors=True)
             self._restore_http()
         if self.spool is None:
             page = names.run_page(self.client.tracking_uri, self.experiment_id, self.run_id,
@@ -230,11 +231,17 @@ class MlflowTracker(Recorder):
         self.spool = Spool.create(folder, self.client.tracking_uri, self.run_id, self.run.info.run_name)
         log.warning("the tracking server is away: this run's record goes on in %s", folder)
 
-    def _file(self, name: str, text: str | None = None, figure: Any = None) -> dict[str, Any]:
-        """An artifact written to the local record folder first: a file operation."""
+    def _file(self, name: str, text: str | None = None, figure: Any = None, arrays: Any = None) -> dict[str, Any]:
+        """An artifact written to a local folder first (text, a figure, or arrays as .npz): a file operation."""
+        if self._files is None:
+            self._files = Path(tempfile.mkdtemp(prefix="backproplab-record-"))
         path = self._files / name
         if figure is not None:
             figure.savefig(path)
+        elif arrays is not None:
+            import numpy as np
+
+            np.savez(path, **arrays)
         else:
             path.write_text(text or "")
         return {"op": "file", "path": str(path)}
@@ -314,10 +321,7 @@ class MlflowTracker(Recorder):
         if result.model is not None:
             self._write({"op": "model", "object": result.model.cpu(), "experiment_id": self.experiment_id})
         else:
-            import numpy as np
-
-            np.savez(self._files / "weights.npz", **result.weights)
-            self._write({"op": "file", "path": str(self._files / "weights.npz")})
+            self._write(self._file("weights.npz", arrays=result.weights))
 
 def record_refusal(cfg: DictConfig, error: Exception) -> None:
     """A multirun job whose config was refused still leaves a FAILED child run with the reason, so that the

@@ -183,7 +183,7 @@ class Spool:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._count = None  # operations kept so far (lines after the header), once known
+        self._count: int | None = None  # operations kept so far (lines after the header), once known
 
     @classmethod
     def create(cls, folder: Path, tracking_uri: str, run_id: str, run_name: str) -> Spool:
@@ -255,8 +255,9 @@ class Spool:
             os.fsync(f.fileno())
 
 
-def sync(folder: Path, tracking_uri: str | None = None) -> int:
-    """Send a spool's unsent operations to its run, in order; returns how many were sent."""
+def sync(folder: Path, tracking_uri: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """Send a spool's unsent operations to its run, in order; returns its header, its operations and how many
+    of them this call sent."""
     from mlflow.tracking import MlflowClient
 
     spool = Spool(folder)
@@ -273,7 +274,7 @@ def sync(folder: Path, tracking_uri: str | None = None) -> int:
         send(apply, client, header["run_id"], op, spool.folder, timeout=60)
         spool.mark_sent(n)
         sent += 1
-    return sent
+    return header, ops, sent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,8 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bound_http_retries(60)
     try:
-        header, ops = Spool(folder).read()
-        sent = sync(folder, args.tracking_uri)
+        header, ops, sent = sync(folder, args.tracking_uri)
     except TrackingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
