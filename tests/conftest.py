@@ -78,6 +78,18 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
 
 
+def wait_for(proc: subprocess.Popen, ready: Callable[[], object], what: str, timeout: float = 120) -> None:
+    """Poll ``ready()`` while ``proc`` runs. Should ``proc`` end first, or ``timeout`` pass, kill it and fail with
+    its output: never wait on a process that was told to train for hours."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out, err = proc.communicate(timeout=60)
+            pytest.fail(f"{what} (exit {proc.returncode}): {(out or '')[-1500:]}{(err or '')[-3000:]}")
+        time.sleep(0.3)
+
+
 @pytest.fixture
 def closed_port() -> Iterator[int]:
     """A loopback port on which nothing listens, for as long as the test runs: bound here, never listened on

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TRAIN, Workspace, gpu_available
+from conftest import TRAIN, Workspace, gpu_available, wait_for
 
 # (overrides, a text the one-line error must contain)
 BAD_INPUTS = [
@@ -157,18 +157,18 @@ def test_a_store_locked_mid_run_is_waited_for_and_loses_nothing(ws: Workspace) -
         [sys.executable, str(TRAIN), "trainer=numpy", f"trainer.max_steps={steps}", "logger.flush_seconds=0.2"],
         cwd=ws.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
     )
-    deadline = time.time() + 120
-    while len(ws.runs()) < 2 or not ws.losses(ws.runs()[-1].info.run_id):  # logging has begun
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()
-        time.sleep(0.1)
-    holder = sqlite3.connect(ws.db)
-    holder.execute("BEGIN IMMEDIATE")  # the write lock; readers go on
     try:
-        time.sleep(23)  # > MLflow's PRAGMA busy_timeout = 20000
+        wait_for(proc, lambda: len(ws.runs()) == 2 and ws.losses(ws.runs()[-1].info.run_id), "logging did not begin")
+        holder = sqlite3.connect(ws.db)
+        holder.execute("BEGIN IMMEDIATE")  # the write lock; readers go on
+        try:
+            time.sleep(23)  # > MLflow's PRAGMA busy_timeout = 20000
+        finally:
+            holder.rollback()
+            holder.close()
+        out, err = proc.communicate(timeout=300)
     finally:
-        holder.rollback()
-        holder.close()
-    out, err = proc.communicate(timeout=300)
+        proc.kill()
     assert proc.returncode == 0, err[-3000:]
     assert "the MLflow store is locked by another writer" in out + err  # the lock was really hit, and retried
     run = ws.runs()[-1]
@@ -217,14 +217,7 @@ def test_interrupt_marks_killed_and_keeps_history(ws: Workspace, sig: int, code:
         cwd=ws.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # wait until some steps are in the store
-            runs = ws.runs()
-            if len(runs) == 2 and ws.losses(runs[1].info.run_id):
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("no step was recorded within 120 s")
+        wait_for(proc, lambda: len(ws.runs()) == 2 and ws.losses(ws.runs()[1].info.run_id), "no step was recorded")
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)
     finally:

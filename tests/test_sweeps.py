@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Workspace, healthy, serve, stop
+from conftest import REPO, Workspace, healthy, serve, stop, wait_for
 
 
 def assert_complete(ws: Workspace, run, steps: int) -> None:
@@ -138,6 +138,63 @@ def test_runs_logged_to_a_real_tracking_server(ws: Workspace, mlflow_server: str
     assert not (ws.path / "mlruns").exists() and not ws.db.exists()  # nothing went to the local default store
 
 
+def late_answering_proxy(upstream: str, delay: float):
+    """An HTTP proxy in front of a real server: it forwards every request at once, but holds the answer to the
+    first ``runs/create`` for ``delay`` seconds, as a loaded server that did the work and answered too late."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import requests
+
+    held = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+            answer = requests.request(self.command, upstream + self.path, data=body, headers=headers, timeout=60)
+            if "runs/create" in self.path and not held.is_set():
+                held.set()
+                time.sleep(delay)
+            try:
+                self.send_response(answer.status_code)
+                for key, value in answer.headers.items():
+                    if key.lower() not in ("content-length", "content-encoding", "transfer-encoding", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+            except OSError:  # the client gave up waiting
+                pass
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = forward
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    proxy.daemon_threads = True
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    return proxy, held
+
+
+def test_a_run_opened_by_a_late_answer_is_opened_once(ws: Workspace, mlflow_server: str) -> None:
+    """The server creates the run but its answer comes after the client's request timeout: the retry finds that
+    run instead of opening a second one, which would stay RUNNING for ever beside the real one."""
+    proxy, held = late_answering_proxy(mlflow_server, delay=6)
+    try:
+        proc = ws.train(f"logger.tracking_uri=http://127.0.0.1:{proxy.server_port}", "trainer.max_steps=30",
+                        "logger.server_timeout=2")  # one request waits 2 s at most
+    finally:
+        proxy.shutdown()
+    assert held.is_set() and "did not answer: retried" in proc.stdout  # the create was answered too late
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name("backproplab").experiment_id])
+    assert run.info.status == "FINISHED" and len(client.get_metric_history(run.info.run_id, "train/loss")) == 30
+
+
 def test_a_sweep_stopped_by_its_first_failure_closes_its_parent(ws: Workspace) -> None:
     proc = ws.train(
         "-m", "continue_on_failure=false", "trainer=numpy", "optim.lr=1e-4,-1,1e-5", "trainer.max_steps=20",
@@ -185,17 +242,19 @@ def test_ctrl_c_on_a_sweep_kills_the_job_and_closes_the_parent(ws: Workspace) ->
 
     from conftest import TRAIN, clean_env
 
+    assert ws.runs() == []  # the store exists before the test polls it while the sweep writes
     proc = subprocess.Popen(
         [sys.executable, str(TRAIN), "-m", "trainer=numpy", "optim.lr=1e-4,1e-5", "trainer.max_steps=1000000",
          "logger.flush_seconds=0.2"],
         cwd=ws.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
     )
-    deadline = time.monotonic() + 120
-    while not [r for r in ws.runs(children_only=True) if ws.losses(r.info.run_id)]:  # the first job is logging
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        wait_for(proc, lambda: [r for r in ws.runs(children_only=True) if ws.losses(r.info.run_id)],
+                 "the first job did not log")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
     assert proc.returncode == 130, err[-3000:]
     (child,) = ws.runs(children_only=True)  # the second job never started
     assert child.info.status == "KILLED" and ws.losses(child.info.run_id)
@@ -265,12 +324,8 @@ def test_a_job_process_killed_mid_run_is_closed_failed(ws: Workspace) -> None:
         cwd=ws.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
     )
     try:
-        deadline = time.monotonic() + 180
-        while len([r for r in ws.runs(children_only=True) if ws.losses(r.info.run_id)]) < 2:  # both jobs log
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"the two jobs did not both log: {proc.communicate(timeout=60)}")
-            time.sleep(0.5)
+        wait_for(proc, lambda: len([r for r in ws.runs(children_only=True) if ws.losses(r.info.run_id)]) == 2,
+                 "the two jobs did not both log", timeout=180)
         workers = [p for p in descendants(proc.pid) if b"popen_loky" in Path(f"/proc/{p}/cmdline").read_bytes()]
         assert workers
         os.kill(workers[0], signal.SIGKILL)

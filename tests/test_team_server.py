@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TRAIN, Postgres, Workspace, clean_env, healthy, serve, started_postgres
+from conftest import TRAIN, Postgres, Workspace, clean_env, healthy, serve, started_postgres, wait_for
 
 ADMIN, PASSWORD = "admin", "team-Pw-7d41"  # not MLflow's default: the auth app refuses to start without one
 
@@ -62,6 +62,10 @@ class TeamServer:
         exp = client.get_experiment_by_name("backproplab")
         runs = client.search_runs([exp.experiment_id], max_results=1000) if exp else []
         return [r for r in runs if "mlflow.parentRunId" in r.data.tags] if children_only else runs
+
+    def logged(self) -> bool:
+        """A run has its first steps on the server."""
+        return any(self.client().get_metric_history(r.info.run_id, "train/loss") for r in self.runs())
 
     def kill(self) -> None:
         """SIGKILL to the server's whole process group (gunicorn/uvicorn workers, huey): a crash, not a stop."""
@@ -156,10 +160,7 @@ def test_a_server_restarted_mid_run_costs_no_step(ws: Workspace, team: TeamServe
         cwd=ws.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**clean_env(), **team.login},
     )
     try:
-        deadline = time.monotonic() + 120
-        while not [r for r in team.runs() if team.client().get_metric_history(r.info.run_id, "train/loss")]:
-            assert proc.poll() is None and time.monotonic() < deadline, "no step was recorded"
-            time.sleep(0.5)
+        wait_for(proc, team.logged, "no step was recorded")
         team.kill()
         time.sleep(4)
         team.restart()
@@ -180,10 +181,7 @@ def _start_run(ws: Workspace, team: TeamServer, *overrides: str) -> subprocess.P
          *overrides],
         cwd=ws.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**clean_env(), **team.login},
     )
-    deadline = time.monotonic() + 120
-    while not [r for r in team.runs() if team.client().get_metric_history(r.info.run_id, "train/loss")]:
-        assert proc.poll() is None and time.monotonic() < deadline, "no step was recorded"
-        time.sleep(0.5)
+    wait_for(proc, team.logged, "no step was recorded")
     return proc
 
 

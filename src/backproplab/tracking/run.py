@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from backproplab.tracking import names
 from backproplab.tracking.figures import fit_plot, loss_curve
 from backproplab.tracking.spool import ServerAway, Spool, apply, bound_http_retries, send
 from backproplab.tracking.store import (
+    OPEN_TAG,
     PARENT_TAG,
     SWEPT_TAG,
     TrackingError,
@@ -77,6 +79,7 @@ class MlflowTracker(Recorder):
         self.spool: Spool | None = None  # set once the server is away: every later write goes there
         self._interrupted = False  # Ctrl-C / SIGTERM: the last writes wait for the server only briefly
         self._waiting = False  # the write under way has found the server away
+        self._create_tried = False
         self._files: Path | None = None  # a temporary folder for the artifacts, written there before sending
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -127,11 +130,10 @@ class MlflowTracker(Recorder):
             if parent:
                 tags[PARENT_TAG] = parent.info.run_id
         swept = parent.data.tags.get(SWEPT_TAG, "").split() if parent else []
-        try:  # the client, not mlflow.start_run: no process-wide active run, which MLflow would end at exit
-            self.run = send(
-                self.client.create_run, exp_id, run_name=names.run_name(c, overrides, swept),
-                tags=registry.resolve_tags(tags), timeout=self.server_timeout, server=self._server,
-            )
+        tags[OPEN_TAG] = uuid.uuid4().hex
+        try:
+            self.run = send(self._create_run, exp_id, names.run_name(c, overrides, swept),
+                            registry.resolve_tags(tags), timeout=self.server_timeout, server=self._server)
         except ServerAway as e:
             raise TrackingError(f"{mask_secrets(self.client.tracking_uri)}: {e}") from None
         self.run_id = self.run.info.run_id
@@ -144,6 +146,16 @@ class MlflowTracker(Recorder):
                 send(self.client.set_terminated, self.run_id, "FAILED", timeout=5, server=self._server)
             raise TrackingError(f"cannot write to the MLflow store: {str(e).splitlines()[0][:300]}") from None
         return self
+
+    def _create_run(self, exp_id: str, name: str, tags: dict[str, str]) -> Any:
+        """The run, created once. The client, not mlflow.start_run: no process-wide active run, which MLflow would
+        end at exit. A create that timed out may have reached a slow server: its retry looks for that run first."""
+        if self._create_tried:
+            made = self.client.search_runs([exp_id], f"tags.`{OPEN_TAG}` = '{tags[OPEN_TAG]}'", max_results=1)
+            if made:
+                return made[0]
+        self._create_tried = True
+        return self.client.create_run(exp_id, run_name=name, tags=tags)
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
         interrupt = exc if isinstance(exc, KeyboardInterrupt) else None

@@ -24,6 +24,7 @@ EXPERIMENT_TAGS = {
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag on a child run
 SWEEP_TAG = "backproplab.sweep_dir"  # on a multirun's parent run; jobs find their parent by it
 
+OPEN_TAG = "backproplab.open_id"  # a run's opening request: a retried create finds the run it made
 SWEPT_TAG = "backproplab.swept"  # on the parent: the keys the sweep varies, which the children's names show
 
 
