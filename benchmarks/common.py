@@ -10,6 +10,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -54,8 +55,11 @@ TARGETS = {
     "mlflow_loop": 1.10,  # loop with logger=mlflow / loop with logger=none
     "mlflow_fixed_later_s": 0.5,  # MLflow's fixed cost of each later run of a sweep, seconds
     "numpy_process": 2.0,  # `train.py trainer=numpy logger=none` / `python benchmarks/reference/numpy_loop.py`
+    "tracked_process": 1.6,  # `train.py experiment=optim` (MLflow, an existing store) / the reference optim script
     "sweep": 0.75,  # the nine-experiment sweep / the nine reference processes
-    "pct_of_mm": 80.0,  # % of the bare torch.mm rate at the largest size
+    "pct_of_mm": 90.0,  # % of the bare torch.mm rate at the largest size (trainer.threads=auto)
+    "under_load": 2.0,  # the default run's loop with a busy process per CPU / the same loop on a quiet machine
+    "auto_vs_best": 1.1,  # the default run's loop on trainer.threads=auto / on the best fixed count (quiet)
     "tf2_vs_tensorflow": 1.2,  # tf2's loop / the TF1 graph trainer's loop
     "jax_vs_tensor": 1.0,  # jax's loop (compiled before it) / the tensor trainer's loop
 }
@@ -86,6 +90,10 @@ class Settings:
     compile: bool = False  # torch.compile of the Lightning model at the largest size (slow to compile)
     server_runs: int = 16  # team server: runs at once against one mlflow server on PostgreSQL
     server_steps: int = 2000  # team server: steps per run, each recorded
+    # threads: the shapes (N, D_in, H, D_out) whose step time is measured on 1..CPUs threads (the tutorial's first)
+    thread_shapes: tuple[tuple[int, int, int, int], ...] = (
+        (64, 1000, 100, 10), (32, 32, 32, 10), (48, 48, 48, 10), (64, 64, 64, 10), (96, 96, 96, 10),
+        (128, 128, 128, 10), (256, 256, 256, 10), (1024, 1024, 1024, 10))
 
 
 QUICK = Settings(
@@ -103,6 +111,7 @@ QUICK = Settings(
     block_s=0.05,
     server_runs=2,
     server_steps=30,
+    thread_shapes=((64, 1000, 100, 10), (32, 32, 32, 10)),
 )
 
 
@@ -142,15 +151,31 @@ def compose_cfg(*overrides: str) -> Any:
 
 def time_process(cmd: Sequence[str], cwd: Path | str, timeout: float = 900) -> float:
     """Wall time of one process, stdout to /dev/null (the tutorial prints every step)."""
+    return measure_process(cmd, cwd, timeout)[0]
+
+
+def measure_process(cmd: Sequence[str], cwd: Path | str, timeout: float = 900) -> tuple[float, float]:
+    """(wall time in s, peak resident memory in MiB) of one process, stdout to /dev/null. The peak is the
+    process's own VmHWM, read while it runs (rusage would count this big parent's memory: the child is forked
+    from it)."""
     start = time.perf_counter()
-    proc = subprocess.run(
-        [str(c) for c in cmd], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        timeout=timeout,
-    )
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise BenchError(f"{' '.join(map(str, cmd))} exited {proc.returncode}: {proc.stderr[-2000:]}")
-    return wall
+    peak_kib = 0
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        status = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                hwm = [line for line in status.read_text().splitlines() if line.startswith("VmHWM:")]
+                peak_kib = max(peak_kib, int(hwm[0].split()[1])) if hwm else peak_kib
+            if time.perf_counter() - start > timeout:
+                proc.kill()
+                raise BenchError(f"{' '.join(map(str, cmd))} ran past {timeout:.0f} s")
+            time.sleep(0.01)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            err.seek(0)
+            raise BenchError(f"{' '.join(map(str, cmd))} exited {proc.returncode}: {err.read()[-2000:]}")
+    return wall, peak_kib / 1024
 
 
 def run_child(kind: str, *args: str, cwd: Path | str, timeout: float = 900) -> dict[str, Any]:

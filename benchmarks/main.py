@@ -24,10 +24,12 @@ from benchmarks.processes import _child_imports, bench_imports, bench_startup, b
 from benchmarks.report import flat_ratios, log_to_mlflow, markdown, targets
 from benchmarks.scaling import bench_compile, bench_scaling
 from benchmarks.server_load import bench_server_load
+from benchmarks.threads import bench_threads
 
 # measured after the other in-process sections: TensorFlow's thread pools must not touch torch's figures
 LAST = ("tensorflow",)
-SECTIONS = ("trainers", "backends", "mlflow", "startup", "imports", "sweep", "scaling", "server", "compile")
+SECTIONS = ("trainers", "backends", "mlflow", "startup", "imports", "sweep", "scaling", "threads", "server",
+            "compile")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -121,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 section("scaling_cuda", lambda: bench_scaling(s, device="cuda"))
             else:
                 results["scaling_cuda"] = {"skipped": "no CUDA device"}
+        if "threads" in sections:
+            section("threads", lambda: bench_threads(s))
         if "compile" in sections:
             section("compile", lambda: bench_compile(s))
         if "trainers" in sections:

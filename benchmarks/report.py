@@ -47,6 +47,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     st = results.get("startup", {})
     if "ratio" in st:
         add("numpy process vs the reference numpy script", st["ratio"], st["target"], "x")
+    if "ratio_tracked" in st:
+        add(f"tracked experiment=optim process vs the reference optim script (peak "
+            f"{st['peak_mib']['ours_tracked']:.0f} vs {st['peak_mib']['tutorial_optim']:.0f} MiB)",
+            st["ratio_tracked"], st["target_tracked"], "x")
     imp = results.get("imports", {})
     if "numpy_forbidden" in imp:
         rows.append({"target": "numpy process imports no torch / TensorFlow / Lightning",
@@ -61,6 +65,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         if r["size"] == sc["largest"] and r["impl"] in TORCH_TRAINERS:
             add(f"{r['impl']} at N=D_in=H={r['size']}: % of bare torch.mm", r["pct_of_mm"], sc["target_pct"], "%",
                 at_most=False)
+    th = results.get("threads", {})
+    if q := th.get("quiet"):
+        add(f"default run's loop, quiet: trainer.threads=auto ({q['auto']['threads'][0]}) vs the best fixed count "
+            f"({q['best']})", q["ratio"], q["target"], "x")
+    if ul := th.get("under_load"):
+        add(f"default run's loop with {ul['busy_processes']} busy processes vs quiet (auto: "
+            f"{ul['loaded']['threads'][0]} thread(s))", ul["ratio"], ul["target"], "x")
     return rows
 
 
@@ -151,11 +162,16 @@ def markdown(results: dict[str, Any]) -> str:
         if "skipped" in st:
             lines.append(f"skipped: {st['skipped']}")
         else:
-            lines += ["| process | median s |", "|---|---:|",
-                      f"| `{st['command']}` | {fmt(st['ours_s'])} |",
-                      f"| `{st['command_experiment']}` (like for like) | {fmt(st['ours_experiment_s'])} |",
-                      f"| `{st['tutorial']}` | {fmt(st['tutorial_s'])} |",
-                      f"| ratio (like for like in brackets) | {fmt(st['ratio'])}× ({fmt(st['ratio_experiment'])}×) |"]
+            peak = st.get("peak_mib", {})
+            rows = [("command", "ours"), ("command_experiment", "ours_experiment"), ("tutorial", "tutorial"),
+                    ("command_tracked", "ours_tracked"), ("tutorial_optim", "tutorial_optim")]
+            lines += ["| process | median s | peak MiB |", "|---|---:|---:|"]
+            lines += [f"| `{st[label]}` | {fmt(st[f'{key}_s'])} | {fmt(peak.get(key), 0)} |"
+                      for label, key in rows if label in st]
+            lines.append(f"| numpy ratio (like for like in brackets) | {fmt(st['ratio'])}× "
+                         f"({fmt(st['ratio_experiment'])}×) | |")
+            if "ratio_tracked" in st:
+                lines.append(f"| tracked optim ratio | {fmt(st['ratio_tracked'])}× | |")
     if imp := results.get("imports"):
         lines += ["", "## Heavy modules each trainer's process imports (compose + run.train, logger=none)", "",
                   "| trainer | heavy modules | process s |", "|---|---|---:|"]
@@ -181,6 +197,21 @@ def markdown(results: dict[str, Any]) -> str:
             cells = [f"{fmt(r['step_ms'], 2)} ms, {fmt(r['gflops'], 1)} GF/s ({fmt(r['pct_of_mm'], 0)}%)"
                      for r in sc["rows"] if r["size"] == size]
             lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    if th := results.get("threads"):
+        counts = range(1, th["cpus"] + 1)
+        lines += ["", "## Threads: a training step's 5 GEMMs on 1..CPUs torch threads (quiet)", "",
+                  "| N, D_in, H, D_out | MFLOP/step | " + " | ".join(f"{c} thread(s)" for c in counts)
+                  + " | best | auto |", "|---|---:|" + "---:|" * th["cpus"] + "---:|---:|"]
+        for r in th["crossover"]:
+            cells = [f"{fmt(r['step_ms'][c], 3)} ms" for c in counts]
+            lines.append(f"| {', '.join(map(str, r['shape']))} | {fmt(r['mflop'], 1)} | " + " | ".join(cells)
+                         + f" | {r['best']} | {r['auto']} ({fmt(r['auto_vs_best'])}×) |")
+        if ul := th.get("under_load"):
+            lines += ["", f"The default run's loop: {fmt(ul['quiet']['loop_s'], 3)} s quiet on auto's "
+                      f"{ul['quiet']['threads'][0]} thread(s); with {ul['busy_processes']} busy processes beside it "
+                      f"{fmt(ul['loaded']['loop_s'], 3)} s on auto's {ul['loaded']['threads'][0]} "
+                      f"({fmt(ul['ratio'])}×), {fmt(ul['loaded_all_threads_loop_s'], 3)} s on {th['cpus']} threads, "
+                      f"torch's default ({fmt(ul['ratio_all_threads'])}×)."]
     if sv := results.get("server"):
         lines += ["", "## A team server under load (mlflow server, 2 workers, PostgreSQL)", ""]
         if "skipped" in sv:
@@ -225,12 +256,19 @@ def flat_ratios(results: dict[str, Any]) -> dict[str, float]:
         out[f"seconds/mlflow_fixed/later/{experiment}"] = r["fixed_s"]
     if "ratio" in results.get("startup", {}):
         out["ratio/startup/numpy"] = results["startup"]["ratio"]
+    if "ratio_tracked" in results.get("startup", {}):
+        out["ratio/startup/tracked_optim"] = results["startup"]["ratio_tracked"]
     if "ratio" in results.get("sweep", {}):
         out["ratio/sweep"] = results["sweep"]["ratio"]
     sc = results.get("scaling", {})
     for r in sc.get("rows", []):
         if r["impl"] in TORCH_TRAINERS:
             out[f"pct_of_mm/{r['size']}/{r['impl']}"] = r["pct_of_mm"]
+    th = results.get("threads", {})
+    if "quiet" in th:
+        out["ratio/threads/auto_vs_best"] = th["quiet"]["ratio"]
+    if "under_load" in th:
+        out["ratio/threads/under_load"] = th["under_load"]["ratio"]
     return out
 
 

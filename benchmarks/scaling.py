@@ -10,15 +10,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from backproplab.threads import step_flops
 from benchmarks.common import TARGETS, TORCH_TRAINERS, Settings, compose_cfg, median, ratio, reference
-
-
-def step_flops(n: int, d_in: int, h: int, d_out: int) -> int:
-    """Matmul FLOPs of one training step (2 per multiply-add), biases and elementwise ops left out:
-    forward x@w1 (2·N·D_in·H) and h@w2 (2·N·H·D_out); backward grad_w2 = h.T@g (2·N·H·D_out),
-    grad_h = g@w2.T (2·N·H·D_out) and grad_w1 = x.T@grad_h (2·N·D_in·H). No trainer computes a gradient for
-    x (it needs none), so the total is 4·N·D_in·H + 6·N·H·D_out, not 6·N·D_in·H + 6·N·H·D_out."""
-    return 4 * n * d_in * h + 6 * n * h * d_out
 
 
 def mm_chain(x: Any, w1: Any, w2: Any, g: Any, steps: int) -> list[float]:
@@ -64,16 +57,27 @@ def intervals(stamps: Sequence[float]) -> list[float]:
 
 
 def chain_run(x: Any, w1: Any, w2: Any, g: Any, steps: int) -> list[float]:
+    """The bare chain on every core this process may use: what the trainers' auto thread count is held to."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     return intervals(mm_chain(x, w1, w2, g, steps))
 
 
 def trainer_run(name: str, cfg: Any, problem: Any, steps: int) -> list[float]:
     """Steady-state step times of one trainer call."""
+    from backproplab import threads
     from backproplab.trainers.registry import get_train
 
     cfg.trainer.max_steps = steps
+    cfg.trainer.threads = "auto"  # what a run gets: chosen by threads.resolve, set in the frameworks
+    count = threads.resolve(cfg)
+    train = get_train(name)
+    threads.use(count)
     clock = StepClock()
-    get_train(name)(problem, cfg, clock)
+    train(problem, cfg, clock)
     return intervals(clock.stamps)
 
 

@@ -40,8 +40,9 @@ MIN_PROCESS_S = 20.0  # a process started with less left than this would only ti
 BENCH_ROW_S = 10.0  # the six benchmark rows take ~10 s together on an H100
 BENCH_N = 8192
 TARGET_PCT = 50.0  # the training step against the same precision's matmul peak
-# run.py's summary line: "lightning-sequential-sgd: 500 steps, loss 662.8 -> 1.088e-06 in 1.23s (loop 0.456s)"
-LOSS_LINE = re.compile(r": (\d+) steps, loss (\S+) -> (\S+) in [\d.]+s \(loop ([\d.]+)s\)")
+# run.py's summary line: "lightning-sequential-sgd: 500 steps, loss 662.8 -> 1.088e-06 in 1.23s (loop 0.456s,
+# 2 CPU threads)"
+LOSS_LINE = re.compile(r": (\d+) steps, loss (\S+) -> (\S+) in [\d.]+s \(loop ([\d.]+)s[,)]")
 NO_MODULE = re.compile(r"No module named '([\w.]+)'")
 PYTEST_COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)\b")
 

@@ -43,7 +43,7 @@ def test_json_has_every_section_and_positive_finite_ratios(quick: tuple[dict, st
     assert data["errors"] == {}
     assert data["meta"]["mode"] == "quick"
     sections = ("trainers", "backends", "mlflow_loop", "mlflow_fixed", "startup", "imports", "sweep", "scaling",
-                "server")
+                "threads", "server")
     for key in (*sections, "targets"):
         assert key in data, key
 
@@ -73,6 +73,14 @@ def test_json_has_every_section_and_positive_finite_ratios(quick: tuple[dict, st
 
     server = data["server"]  # runs at once against a real mlflow server on PostgreSQL: nothing lost
     assert server["runs_complete"] == server["runs"] and server["lost"] == 0 and positive(server["steps_per_s"])
+
+    threads = data["threads"]  # the crossover grid, auto against the best fixed count, and the loop under load
+    assert [r["shape"] for r in threads["crossover"]] == [[64, 1000, 100, 10], [32, 32, 32, 10]]
+    assert all(positive(r["auto_vs_best"]) and 1 <= r["auto"] <= threads["cpus"] for r in threads["crossover"])
+    load = threads["under_load"]
+    assert load["busy_processes"] == threads["cpus"] and positive(load["ratio"]) and positive(load["ratio_all_threads"])
+    assert load["loaded"]["threads"][0] == 1  # every CPU busy: auto takes one thread
+    assert positive(threads["quiet"]["ratio"])
 
     rows = data["scaling"]["rows"]
     assert {r["impl"] for r in rows} == {"mm", "tensor", "autograd", "function", "lightning"}

@@ -71,7 +71,7 @@ def test_format_table() -> None:
 
 def test_summarize_run_reads_the_last_loss_line() -> None:
     log = ("[2026-11-27 23:39:42,488][backproplab][INFO] - lightning-sequential-sgd: 500 steps, "
-           "loss 662.8 -> 1.088e-06 in 1.23s (loop 0.456s)\n")
+           "loss 662.8 -> 1.088e-06 in 1.23s (loop 0.456s, 2 CPU threads)\n")
     assert gpu_check.summarize_run(log) == ("ok", "loss 662.8 -> 1.088e-06, loop 0.456 s (500 steps)")
     status, detail = gpu_check.summarize_run(log.replace("1.088e-06", "700"))
     assert status == "FAILED" and detail.startswith("the loss did not go down")

@@ -68,6 +68,8 @@ BAD_INPUTS = [
     (["trainer.keep_checkpoints=0"], "trainer.keep_checkpoints"),
     (["logger.flush_seconds=0"], "logger.flush_seconds"),
     (["logger.server_timeout=-1"], "logger.server_timeout"),
+    (["trainer.threads=0"], "trainer.threads=0 is invalid: expected auto or an integer >= 1"),
+    (["trainer.threads=many"], "trainer.threads"),
     (["trainer.module=backproplab.trainers.numpy"], "trainer.module"),
     # the sine edition and the new trainers
     (["data=sine"], "model=sequential fits data=random, not data=sine"),

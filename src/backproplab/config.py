@@ -113,6 +113,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.devices={devices!r} is invalid: expected an integer >= 1 or auto")
     if "num_nodes" in cfg.trainer:
         _int(cfg, "trainer.num_nodes", 1)
+    threads = cfg.trainer.get("threads", "auto")
+    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"trainer.threads={threads!r} is invalid: expected auto or an integer >= 1")
     if (bar := cfg.trainer.get("progress_bar", "auto")) not in ("auto", True, False):
         raise ConfigError(f"trainer.progress_bar={bar!r} is invalid: allowed values are auto, true, false")
     if cfg.logger.name == "mlflow":

@@ -11,6 +11,7 @@ import time
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from backproplab import threads
 from backproplab.config import ConfigError, declared, refuse_added_keys, validate
 from backproplab.problem import make_problem
 from backproplab.runtime import hydra_overrides, mask_hydra_outputs, mask_logs, sweep_dir
@@ -81,21 +82,24 @@ def train(cfg: DictConfig) -> float:
             cfg.data.module = declared("data", cfg.data.name).get("module")
     refuse_added_keys(cfg, hydra_overrides())
     validate(cfg)
+    count = threads.resolve(cfg)  # auto -> a count, before the record opens: the params say what ran
     with open_dict(cfg):
         cfg.trainer.checkpoint_dir = checkpoint_dir(cfg)
         if cfg.data.dtype == "float64" and str(cfg.trainer.precision) in ("32-true", "32"):
             cfg.trainer.precision = "64-true"  # float64 data trains in float64: the record says so
     with make_tracker(cfg) as rec:  # opened before the heavy imports: a bad store fails in seconds
         train_fn = registry.get_train(cfg.trainer.name)  # the trainer's own imports (torch, TF, ...) happen here
+        threads.use(count)  # in every framework those imports loaded
         problem = make_problem(cfg)
         t0 = time.perf_counter()
         result = train_fn(problem, cfg, rec.on_step)
         rec.finish(result, problem)
         final = rec.losses[-1]
         log.info(  # before the record closes: its last line is the run page's address
-            "%s-%s-%s: %d steps, loss %.4g -> %.4g in %.2fs (loop %.3fs)%s",
+            "%s-%s-%s: %d steps, loss %.4g -> %.4g in %.2fs (loop %.3fs, %d CPU thread%s)%s",
             cfg.trainer.name, cfg.model.name, cfg.optim.name, len(rec.losses), rec.losses[0], final,
-            time.perf_counter() - t0, result.loop_s, f", mlflow run {rec.run_id}" if rec.run_id else "",
+            time.perf_counter() - t0, result.loop_s, count, "s" if count > 1 else "",
+            f", mlflow run {rec.run_id}" if rec.run_id else "",
         )
     return final
 

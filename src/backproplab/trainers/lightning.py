@@ -54,6 +54,15 @@ class TutorialModule(L.LightningModule):
         self.register_buffer("y", torch.from_numpy(problem.y), persistent=False)
         self.repeats = problem.repeats
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning names the hook it is in on the module around every hook call (~26 times a step), and
+        # nn.Module.__setattr__'s parameter/buffer/module checks made that ~10% of the tutorial's step. The name
+        # is a plain attribute, which needs none of those checks.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def forward(self, x: torch.Tensor, step: int | None = None) -> torch.Tensor:
         if self.repeats is not None:  # a dynamic model: this step's count from the seeded schedule
             return self.net(x, repeats=None if step is None else int(self.repeats[step]))

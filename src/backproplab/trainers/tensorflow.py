@@ -78,7 +78,11 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
 
     # Now we have built our graph, so we enter a TensorFlow session to actually execute it
     feed_dict = {x: problem.x, y: problem.y}
-    with tf1.Session(graph=g, config=tf1.ConfigProto(allow_soft_placement=True)) as sess:
+    threads = cfg.trainer.get("threads")  # a count, chosen by the run (backproplab.threads); 0 = TF's own
+    threads = threads if isinstance(threads, int) else 0
+    config = tf1.ConfigProto(allow_soft_placement=True, intra_op_parallelism_threads=threads,
+                             inter_op_parallelism_threads=threads)
+    with tf1.Session(graph=g, config=config) as sess:
         sess.run(init)
         grads0 = sess.run(grads, feed_dict=feed_dict)  # the first step's gradients, for verify.py
         start = time.perf_counter()

@@ -1,0 +1,61 @@
+"""trainer.threads (issue 14): what ``auto`` picks for the tutorial's problem and for a large one, quiet or with
+every CPU busy, and in a 2-job joblib sweep; the count is recorded and a rerun repeats it. Where a second thread
+starts to pay is measured by the benchmark (``scripts/bench.py --only threads``), not asserted here."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from conftest import Workspace
+
+from backproplab import threads
+from backproplab.threads import choose, step_flops
+
+TUTORIAL = step_flops(64, 1000, 100, 10)  # 26 MFLOP per step
+LARGE = step_flops(4096, 4096, 4096, 10)
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 4, 16])
+def test_auto_on_a_quiet_machine(cpus: int) -> None:
+    assert choose(TUTORIAL, cpus, idle=cpus) == cpus  # 26 MFLOP per step: every core, when none is busy
+    assert choose(LARGE, cpus, idle=cpus) == cpus
+    assert choose(step_flops(32, 32, 32, 10), cpus, idle=cpus) == 1  # 0.2 MFLOP: a second thread would cost
+    assert choose(step_flops(2000, 1, 1, 1), cpus, idle=cpus) == 1  # the sine edition's few coefficients
+
+
+def test_auto_with_every_cpu_busy_takes_one_thread() -> None:
+    assert choose(TUTORIAL, 2, idle=0.0) == 1
+    assert choose(LARGE, 2, idle=0.1) == 1
+    assert choose(LARGE, 2, idle=1.7) == 2  # a browser tab's worth of load leaves both
+    assert choose(LARGE, 16, idle=5.2) == 5
+
+
+def test_the_tutorials_config_implies_its_flops() -> None:
+    from benchmarks.common import compose_cfg
+
+    assert threads.flops_per_step(compose_cfg()) == TUTORIAL
+    big = compose_cfg("data.n=4096", "data.d_in=4096", "model.hidden=4096")
+    assert threads.flops_per_step(big) == LARGE
+
+
+def test_a_run_records_its_count_and_a_rerun_repeats_it(ws: Workspace) -> None:
+    proc = ws.train("trainer=numpy", "trainer.max_steps=5")
+    (run,) = ws.runs()
+    count = int(run.data.params["trainer.threads"])  # the count chosen, not "auto"
+    assert 1 <= count <= len(os.sched_getaffinity(0))
+    assert f"{count} CPU thread" in proc.stdout
+    ws.train("trainer=numpy", "trainer.max_steps=5", "trainer.threads=1")
+    ws.train(f"+rerun={run.info.run_id}")
+    _, fixed, rerun = ws.runs()
+    assert fixed.data.params["trainer.threads"] == "1"
+    assert rerun.data.params["trainer.threads"] == str(count)
+
+
+def test_a_two_job_joblib_sweep_shares_the_cpus(ws: Workspace) -> None:
+    ws.train("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer=numpy", "trainer.max_steps=5",
+             "seed=0,1")
+    children = ws.runs(children_only=True)
+    assert len(children) == 2
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert all(1 <= int(r.data.params["trainer.threads"]) <= share for r in children)
