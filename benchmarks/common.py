@@ -51,7 +51,7 @@ NINE: dict[str, str] = {
 TORCH_TRAINERS = ("tensor", "autograd", "function", "lightning")
 TARGETS = {
     "hand_trainer": 1.2,  # hand-written trainer loop / tutorial loop
-    "lightning": 1.5,  # Lightning loop / tutorial optim loop
+    "lightning": 1.3,  # Lightning loop / the reference optim loop
     "mlflow_loop": 1.10,  # loop with logger=mlflow / loop with logger=none
     "mlflow_fixed_later_s": 0.5,  # MLflow's fixed cost of each later run of a sweep, seconds
     "numpy_process": 2.0,  # `train.py trainer=numpy logger=none` / `python benchmarks/reference/numpy_loop.py`

@@ -61,41 +61,35 @@ def crossover(s: Settings) -> list[dict[str, Any]]:
     return rows
 
 
-def default_loop(s: Settings, repeats: int) -> dict[str, Any]:
-    """The default run's loop (``python scripts/train.py``'s Lightning run, logger=none) as run.train runs it:
-    trainer.threads=auto resolved now, then set in the frameworks loaded."""
-    from backproplab.problem import make_problem
-    from backproplab.steps import Recorder
-    from backproplab.trainers.registry import get_train
-
-    loops, counts = [], []
-    for _ in range(repeats + 1):  # the first is a warm-up
-        cfg = compose_cfg("logger=none", f"trainer.max_steps={s.steps}", "trainer.progress_bar=false")
-        count = threads.resolve(cfg)
-        train = get_train(cfg.trainer.name)
-        threads.use(count)
-        loops.append(train(make_problem(cfg), cfg, Recorder().on_step).loop_s)
-        counts.append(count)
-    return {"loop_s": median(loops[1:]), "samples_loop_s": [round(x, 4) for x in loops[1:]], "threads": counts[1:]}
-
-
-def fixed_loop(s: Settings, count: int, repeats: int) -> float:
-    """The default run's loop on a fixed thread count (torch's own default is one per CPU)."""
+def one_loop(s: Settings, setting: str | int) -> tuple[float, int]:
+    """(loop seconds, threads) of the default run (``python scripts/train.py``'s Lightning run, logger=none) as
+    run.train runs it: trainer.threads resolved (``auto`` chosen now), then set in the frameworks loaded."""
     from omegaconf import open_dict
 
     from backproplab.problem import make_problem
     from backproplab.steps import Recorder
     from backproplab.trainers.registry import get_train
 
-    loops = []
-    for _ in range(repeats + 1):
-        cfg = compose_cfg("logger=none", f"trainer.max_steps={s.steps}", "trainer.progress_bar=false")
-        with open_dict(cfg):
-            cfg.trainer.threads = count
-        train = get_train(cfg.trainer.name)
-        threads.use(count)
-        loops.append(train(make_problem(cfg), cfg, Recorder().on_step).loop_s)
-    return median(loops[1:])
+    cfg = compose_cfg("logger=none", f"trainer.max_steps={s.steps}", "trainer.progress_bar=false")
+    with open_dict(cfg):
+        cfg.trainer.threads = setting
+    count = threads.resolve(cfg)
+    train = get_train(cfg.trainer.name)
+    threads.use(count)
+    return train(make_problem(cfg), cfg, Recorder().on_step).loop_s, count
+
+
+def default_loops(s: Settings, settings: list[str | int]) -> dict[str | int, dict[str, Any]]:
+    """The default run's loop on each thread setting, the settings alternating round by round (drift in the
+    machine's load hits them all); a warm-up round, then medians."""
+    samples: dict[str | int, list[tuple[float, int]]] = {k: [] for k in settings}
+    for i in range(s.warmup + s.repeats):
+        for k in settings[i % len(settings):] + settings[: i % len(settings)]:
+            sample = one_loop(s, k)
+            if i >= s.warmup:
+                samples[k].append(sample)
+    return {k: {"loop_s": median([x[0] for x in v]), "samples_loop_s": [round(x[0], 4) for x in v],
+                "threads": [x[1] for x in v]} for k, v in samples.items()}
 
 
 def bench_threads(s: Settings) -> dict[str, Any]:
@@ -106,22 +100,24 @@ def bench_threads(s: Settings) -> dict[str, Any]:
     try:
         out: dict[str, Any] = {"cpus": cpus, "flops_per_thread": threads.FLOPS_PER_THREAD,
                                "crossover": crossover(s)}
-        quiet = default_loop(s, s.repeats)
-        fixed = {c: fixed_loop(s, c, s.repeats) for c in range(1, cpus + 1)}
+        quiet = default_loops(s, ["auto", *range(1, cpus + 1)])
+        fixed = {c: quiet[c]["loop_s"] for c in range(1, cpus + 1)}
         best = min(fixed, key=fixed.__getitem__)
-        out["quiet"] = {"auto": quiet, "fixed_loop_s": fixed, "best": best,
-                        "ratio": ratio(quiet["loop_s"], fixed[best]), "target": TARGETS["auto_vs_best"]}
-        with busy_processes(cpus):
-            loaded = default_loop(s, s.repeats)
-            loaded_all = fixed_loop(s, cpus, s.repeats)  # what torch's default thread count would do
+        out["quiet"] = {"auto": quiet["auto"], "fixed_loop_s": fixed, "best": best,
+                        "ratio": ratio(quiet["auto"]["loop_s"], fixed[best]), "target": TARGETS["auto_vs_best"]}
+        with busy_processes(cpus):  # auto against torch's own default, one thread per CPU
+            loaded = default_loops(s, ["auto", cpus])
         out["under_load"] = {
-            "busy_processes": cpus, "quiet": quiet, "loaded": loaded, "loaded_all_threads_loop_s": loaded_all,
-            "ratio": ratio(loaded["loop_s"], quiet["loop_s"]),
-            "ratio_all_threads": ratio(loaded_all, quiet["loop_s"]), "target": TARGETS["under_load"],
+            "busy_processes": cpus, "quiet": quiet["auto"], "loaded": loaded["auto"],
+            "loaded_all_threads_loop_s": loaded[cpus]["loop_s"],
+            "ratio": ratio(loaded["auto"]["loop_s"], quiet["auto"]["loop_s"]),
+            "ratio_all_threads": ratio(loaded[cpus]["loop_s"], quiet["auto"]["loop_s"]),
+            "target": TARGETS["under_load"],
         }
-        print(f"[bench] under load: default loop {quiet['loop_s']:.3f}s quiet ({quiet['threads'][0]} threads) -> "
-              f"{loaded['loop_s']:.3f}s with {cpus} busy processes ({loaded['threads'][0]} threads); "
-              f"{loaded_all:.3f}s on {cpus} threads", file=sys.stderr, flush=True)
+        print(f"[bench] under load: default loop {quiet['auto']['loop_s']:.3f}s quiet ({quiet['auto']['threads'][0]} "
+              f"threads) -> {loaded['auto']['loop_s']:.3f}s with {cpus} busy processes "
+              f"({loaded['auto']['threads'][0]} threads); {loaded[cpus]['loop_s']:.3f}s on {cpus} threads",
+              file=sys.stderr, flush=True)
         return out
     finally:
         threads.use(before)

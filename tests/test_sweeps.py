@@ -181,10 +181,10 @@ def late_answering_proxy(upstream: str, delay: float):
 def test_a_run_opened_by_a_late_answer_is_opened_once(ws: Workspace, mlflow_server: str) -> None:
     """The server creates the run but its answer comes after the client's request timeout: the retry finds that
     run instead of opening a second one, which would stay RUNNING for ever beside the real one."""
-    proxy, held = late_answering_proxy(mlflow_server, delay=6)
-    try:
+    proxy, held = late_answering_proxy(mlflow_server, delay=15)
+    try:  # one request waits 8 s at most: a loaded server answers the others within that
         proc = ws.train(f"logger.tracking_uri=http://127.0.0.1:{proxy.server_port}", "trainer.max_steps=30",
-                        "logger.server_timeout=2")  # one request waits 2 s at most
+                        "logger.server_timeout=8")
     finally:
         proxy.shutdown()
     assert held.is_set() and "did not answer: retried" in proc.stdout  # the create was answered too late

@@ -204,7 +204,8 @@ def test_a_server_that_stays_away_costs_no_step_once_synced(ws: Workspace, team:
     to send it; once the server is back, sync completes the run (every step once, the artifacts, FINISHED), and a
     second sync sends nothing."""
     steps = 20000
-    proc = _start_run(ws, team, f"trainer.max_steps={steps}", "logger.server_timeout=5")
+    # 20 s: a server loaded by CI's other tests can take over 5 s to answer while alive
+    proc = _start_run(ws, team, f"trainer.max_steps={steps}", "logger.server_timeout=20")
     try:
         team.kill()
         out, err = proc.communicate(timeout=300)  # a hang check: the run notices within server_timeout

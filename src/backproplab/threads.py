@@ -24,7 +24,6 @@ import logging
 import os
 import sys
 import time
-from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
@@ -126,12 +125,12 @@ def resolve(cfg: DictConfig) -> int:
 
 
 def use(count: int) -> None:
-    """Compute with ``count`` threads in every framework this process has imported (call it after the trainer's
-    imports, before its first operation): torch's intra- and inter-op pools, numpy's BLAS and any OpenMP runtime
-    (threadpoolctl), TensorFlow's pools, and XLA's CPU backend for JAX (one thread or its default)."""
+    """Compute with ``count`` threads in torch (intra- and inter-op pools) and in every BLAS/OpenMP runtime loaded
+    (threadpoolctl: numpy's OpenBLAS, torch's OpenMP). Call it after the trainer's imports, before its first
+    operation. The TensorFlow and JAX trainers set their frameworks' own pools from ``trainer.threads``."""
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=count)  # every BLAS/OpenMP library loaded so far, numpy's OpenBLAS included
+    threadpool_limits(limits=count)
     if (torch := sys.modules.get("torch")) is not None:
         torch.set_num_threads(count)
         if torch.get_num_interop_threads() != count:
@@ -139,17 +138,3 @@ def use(count: int) -> None:
                 torch.set_num_interop_threads(count)
             except RuntimeError:  # set once per process, before parallel work: a later job of a sweep keeps it
                 pass
-    if (tf := sys.modules.get("tensorflow")) is not None:
-        _tensorflow(tf, count)
-    if count == 1 and "jax" in sys.modules:  # read when XLA's CPU backend starts, at the first computation
-        flags = os.environ.get("XLA_FLAGS", "")
-        if "multi_thread_eigen" not in flags:
-            os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-
-
-def _tensorflow(tf: Any, count: int) -> None:
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(count)
-        tf.config.threading.set_inter_op_parallelism_threads(count)
-    except RuntimeError:  # TF's runtime has started (an earlier job of an in-process sweep): it keeps its pools
-        pass

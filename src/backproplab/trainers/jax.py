@@ -10,6 +10,7 @@ before the loop (``time/compile_s``), so the loop's time is the steps' alone. fl
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -67,6 +68,10 @@ def forward(params: dict[str, jax.Array], x: jax.Array, repeats: int) -> jax.Arr
 
 
 def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
+    if cfg.trainer.get("threads") == 1:  # read when XLA's CPU backend starts (below, unless an earlier run did)
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "multi_thread_eigen" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     accelerator = str(cfg.trainer.accelerator)
     gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpu_available())
     device = jax.devices("gpu" if gpu else "cpu")[0]

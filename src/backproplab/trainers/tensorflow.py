@@ -9,8 +9,10 @@ per-step Python control flow for the dynamic net.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter (CUDA probes, ...)
 # TF's oneDNN custom CPU ops announce on stderr that they may change the numerical results; plain Eigen
@@ -29,6 +31,15 @@ tf1 = tf.compat.v1
 
 def gpu_available() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
+
+
+def set_threads(threads: Any) -> None:
+    """TF's own thread pools: the run's count (``trainer.threads``, chosen by backproplab.threads), unless TF's
+    runtime has started already (an earlier job of an in-process sweep): it keeps its pools."""
+    if isinstance(threads, int):
+        with contextlib.suppress(RuntimeError):
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
 def place(cfg: DictConfig) -> str:

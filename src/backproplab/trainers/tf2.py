@@ -12,7 +12,7 @@ import time
 
 # isort: off
 # first: the TF1 trainer's module sets TensorFlow's environment (quiet, no oneDNN) before TensorFlow is imported
-from backproplab.trainers.tensorflow import gpu_available, place  # noqa: F401  (gpu_available: validation)
+from backproplab.trainers.tensorflow import gpu_available, place, set_threads  # noqa: F401  (gpu_available: validation)
 import tensorflow as tf
 # isort: on
 
@@ -27,6 +27,7 @@ MIDDLE = ("wm", "bm")  # the dynamic net's shared layer: no gradient at a step t
 
 
 def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
+    set_threads(cfg.trainer.get("threads"))
     dtype = tf.float64 if problem.dtype == np.float64 else tf.float32
     reduce = tf.reduce_sum if cfg.loss.reduction == "sum" else tf.reduce_mean
     opt = rule(cfg, cfg.trainer.name)
