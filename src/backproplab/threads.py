@@ -1,4 +1,5 @@
-"""How many CPU threads a run computes with (``trainer.threads``: auto | N), and setting it in every framework.
+"""How many CPU threads a run computes with (``trainer.threads``: auto | N), set in torch and BLAS/OpenMP here and
+in TensorFlow's and XLA's pools by the TF and JAX trainers.
 
 On a quiet machine a second thread pays from about 1 MFLOP of matmul work per step (measured on 2 cores:
 the 5 GEMMs of a step at N = D_in = H = 64 take 0.060 ms on one thread and 0.059 ms on two; at 96, 0.119 and
