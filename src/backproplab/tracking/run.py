@@ -79,7 +79,7 @@ class MlflowTracker(Recorder):
         self.spool: Spool | None = None  # set once the server is away: every later write goes there
         self._interrupted = False  # Ctrl-C / SIGTERM: the last writes wait for the server only briefly
         self._waiting = False  # the write under way has found the server away
-        self._create_tried = False
+        self._create_tried = False  # a create_run was sent: a retry looks for the run it may have made
         self._files: Path | None = None  # a temporary folder for the artifacts, written there before sending
 
     # -- lifecycle -------------------------------------------------------------------------------
