@@ -16,8 +16,6 @@ from backproplab.threads import step_flops
 from benchmarks.common import TARGETS, Settings, compose_cfg, median, ratio
 from benchmarks.scaling import intervals, mm_chain
 
-TUTORIAL = (64, 1000, 100, 10)  # N, D_in, H, D_out
-
 
 @contextlib.contextmanager
 def busy_processes(count: int) -> Iterator[list[subprocess.Popen]]:
