@@ -259,3 +259,50 @@ def test_sigterm_during_an_outage_ends_the_run_promptly_with_its_spool(ws: Works
     recorded = sorted(m.step for m in team.client().get_metric_history(run.info.run_id, "train/loss"))
     assert recorded == list(range(len(recorded)))
     assert '"op": "metrics"' in (Path(spool) / "spool.jsonl").read_text()  # the batch that was waiting, kept
+
+
+def test_two_runs_logging_one_new_dataset_at_once_both_record_it(team: TeamServer) -> None:
+    """MLflow's SQL store looks a dataset up, then inserts it; two runs of one experiment logging the same new
+    dataset at once (a sweep's first jobs) both insert, and the later insert is refused. Made certain here: a
+    teammate's transaction inserts the row and holds it uncommitted, so the run's lookup misses it and its
+    insert waits on the key; the teammate commits, the insert is refused, and the run must still record it."""
+    import threading
+
+    import mlflow.data
+    import numpy as np
+    import psycopg
+
+    from backproplab.tracking import spool
+
+    client = team.client()
+    experiment = client.create_experiment("race")
+    run_id = client.create_run(experiment).info.run_id
+    x, y = np.ones((4, 3), np.float32), np.zeros((4, 1), np.float32)
+    dataset = mlflow.data.from_numpy(x, targets=y, name="random")._to_mlflow_entity()
+    dsn = team.store.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn) as teammate, psycopg.connect(dsn, autocommit=True) as watcher:
+        teammate.execute(
+            "INSERT INTO datasets (dataset_uuid, experiment_id, name, digest, dataset_source_type, dataset_source)"
+            " VALUES ('teammate', %s, %s, %s, %s, %s)",
+            (int(experiment), dataset.name, dataset.digest, dataset.source_type, dataset.source),
+        )
+        failures: list[BaseException] = []
+
+        def log() -> None:
+            try:
+                spool.apply(client, run_id, {"op": "dataset", "name": "random", "object": (x, y)})
+            except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+                failures.append(e)
+
+        writer = threading.Thread(target=log)
+        writer.start()
+        deadline = time.monotonic() + 60
+        while not watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                  " AND query ILIKE 'INSERT INTO datasets%'").fetchone()[0]:
+            assert writer.is_alive() and time.monotonic() < deadline, f"the run's insert never waited: {failures}"
+            time.sleep(0.05)
+        teammate.commit()
+        writer.join(timeout=120)
+    assert not failures, failures
+    inputs = team.client().get_run(run_id).inputs.dataset_inputs
+    assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("random", dataset.digest)]

@@ -56,6 +56,14 @@ def transient(error: BaseException) -> bool:
     return False
 
 
+def duplicate_key(error: BaseException) -> bool:
+    """A SQL store refused a row whose key another writer inserted first (sqlite, PostgreSQL, MySQL wording),
+    met directly or through a tracking server's answer."""
+    text = str(error)
+    return any(words in text for words in (
+        "UNIQUE constraint failed", "duplicate key value violates unique constraint", "Duplicate entry"))
+
+
 def bound_http_retries(timeout: float) -> Callable[[], None]:
     """MLflow retries a request to a dead server for minutes (7 retries, exponential back-off): ``send`` does the
     retrying instead, within ``timeout``; one request waits at most ``timeout`` seconds for an answer. MLflow
@@ -144,7 +152,16 @@ def _log_dataset(client: Any, run_id: str, op: dict[str, Any], path: Path | None
             x, y = arrays["x"], arrays["y"]
     dataset = mlflow.data.from_numpy(x, targets=y, name=op["name"])
     tags = [InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")]
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
+    inputs = [DatasetInput(dataset._to_mlflow_entity(), tags=tags)]
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except Exception as e:
+        # MLflow's SQL store looks the dataset up, then inserts it: two runs of one experiment logging the same
+        # new dataset at once both insert, and one meets the other's row. That row is the dataset this run
+        # trained on, so a second try links the run to it.
+        if not duplicate_key(e):
+            raise
+        client.log_inputs(run_id, datasets=inputs)
 
 
 def _log_model(client: Any, run_id: str, op: dict[str, Any], path: Path | None) -> None:
