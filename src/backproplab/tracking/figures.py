@@ -30,7 +30,9 @@ def loss_curve(steps: list[int], losses: list[float], cfg: DictConfig) -> Any:
     ax.set_xlabel("step")
     ax.set_ylabel(LOSS_KEY)
     ax.set_title(f"{cfg.trainer.name} · {cfg.model.name} · {cfg.optim.name} (lr={cfg.optim.lr})")
-    fig.tight_layout()
+    # Fixed margins, not tight_layout: its extra text layout pass was 40% of this figure's cost, paid by every
+    # run. They are what tight_layout chose for the widest tick labels (minor ones such as 3×10⁻¹).
+    fig.subplots_adjust(left=0.17, right=0.975, bottom=0.145, top=0.905)
     return fig
 
 
