@@ -30,7 +30,7 @@ from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger("backproplab")
 FLOPS_PER_THREAD = 1e6  # matmul work per step that each thread needs to pay for itself (measured)
-SAMPLE_S, STALE_S = 0.1, 2.0  # other processes' load: watched for at least 0.1 s, over at most 2 s
+SAMPLE_S, STALE_S = 0.1, 10.0  # other processes' load: watched for at least 0.1 s, over at most 10 s
 
 
 def step_flops(n: int, d_in: int, h: int, d_out: int) -> int:
@@ -84,7 +84,9 @@ def _cpu_clock() -> tuple[float, float, float] | None:
 
 
 # The window in which other processes' load is measured opens when this module is imported (a run's start) and
-# again at each choice, so that a run does not wait for it; a window older than STALE_S is not today's load.
+# again at each choice, so that a run does not wait for it: in a sequential sweep a job's window is the job
+# before it (the tutorial's jobs take seconds; 9 fresh samples were 0.9 s of the nine-example sweep). A window
+# older than STALE_S is not today's load: a fresh sample then costs little beside the job that made it old.
 _window = _cpu_clock()
 
 
