@@ -31,7 +31,9 @@ from backproplab.tracking.store import (
     TrackingError,
     chosen_uri,
     find_parent_run,
+    interrupts_held,
     open_store,
+    refusal,
 )
 
 log = logging.getLogger("backproplab")
@@ -80,6 +82,7 @@ class MlflowTracker(Recorder):
         self._interrupted = False  # Ctrl-C / SIGTERM: the last writes wait for the server only briefly
         self._waiting = False  # the write under way has found the server away
         self._create_tried = False  # a create_run was sent: a retry looks for the run it may have made
+        self.run: Any = None  # the MLflow run, once created
         self._files: Path | None = None  # a temporary folder for the artifacts, written there before sending
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -132,19 +135,23 @@ class MlflowTracker(Recorder):
         swept = parent.data.tags.get(SWEPT_TAG, "").split() if parent else []
         tags[OPEN_TAG] = uuid.uuid4().hex
         try:
-            self.run = send(self._create_run, exp_id, names.run_name(c, overrides, swept),
-                            registry.resolve_tags(tags), timeout=self.server_timeout, server=self._server)
-        except ServerAway as e:
-            raise TrackingError(f"{mask_secrets(self.client.tracking_uri)}: {e}") from None
-        self.run_id = self.run.info.run_id
-        try:
+            send(self._create_run, exp_id, names.run_name(c, overrides, swept), registry.resolve_tags(tags),
+                 timeout=self.server_timeout, server=self._server)
+            self.run_id = self.run.info.run_id
             params = [Param(k, v) for k, v in flatten(self.cfg).items()]
             send(self.client.log_batch, self.run_id, params=params, synchronous=True, timeout=self.server_timeout,
                  server=self._server)
-        except Exception as e:  # the run exists now: it must not stay RUNNING
-            with contextlib.suppress(Exception):
-                send(self.client.set_terminated, self.run_id, "FAILED", timeout=5, server=self._server)
-            raise TrackingError(f"cannot write to the MLflow store: {str(e).splitlines()[0][:300]}") from None
+        except BaseException as e:  # once the run exists, it must not stay RUNNING
+            if self.run is not None:
+                with contextlib.suppress(Exception):
+                    status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+                    send(self.client.set_terminated, self.run.info.run_id, status, timeout=5, server=self._server)
+            if isinstance(e, ServerAway):
+                raise TrackingError(f"{mask_secrets(self.client.tracking_uri)}: {e}") from None
+            if isinstance(e, Exception):
+                reason = refusal(str(e)) or (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                raise TrackingError(f"cannot write to the MLflow store: {mask_secrets(reason)}") from None
+            raise  # Ctrl-C (held until the run was made, when it came during its creation)
         return self
 
     def _create_run(self, exp_id: str, name: str, tags: dict[str, str]) -> Any:
@@ -153,9 +160,11 @@ class MlflowTracker(Recorder):
         if self._create_tried:
             made = self.client.search_runs([exp_id], f"tags.`{OPEN_TAG}` = '{tags[OPEN_TAG]}'", max_results=1)
             if made:
-                return made[0]
+                self.run = made[0]
+                return self.run
         self._create_tried = True
-        return self.client.create_run(exp_id, run_name=name, tags=tags)
+        self.run = self.client.create_run(exp_id, run_name=name, tags=tags)
+        return self.run
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
         interrupt = exc if isinstance(exc, KeyboardInterrupt) else None
@@ -274,13 +283,15 @@ class MlflowTracker(Recorder):
         """One write for all buffered steps (MLflow allows 1000 metrics per batch)."""
         while self._pending:
             batch = self._pending[:1000]
-            try:
-                self._write({"op": "metrics", "metrics": batch})
-            except KeyboardInterrupt:
-                if self.spool is not None:  # the batch is in the spool
-                    del self._pending[: len(batch)]
-                raise
-            del self._pending[: len(batch)]
+            # a database's write and its bookkeeping end together: a Ctrl-C right after it must not send it twice
+            with interrupts_held() if not self._server else contextlib.nullcontext():
+                try:
+                    self._write({"op": "metrics", "metrics": batch})
+                except KeyboardInterrupt:  # a server's write, cut short or kept
+                    if self.spool is not None:  # the batch is in the spool
+                        del self._pending[: len(batch)]
+                    raise
+                del self._pending[: len(batch)]
         self._flushed = time.perf_counter()
 
     # -- at the end ------------------------------------------------------------------------------

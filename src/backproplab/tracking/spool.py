@@ -88,11 +88,12 @@ def send(write: Callable[..., Any], *args: Any, timeout: float, server: bool = T
          failing: Callable[[], None] | None = None, **kwargs: Any) -> Any:
     """``write(*args, **kwargs)``, retried with back-off while a tracking ``server`` is away, for at most ``timeout``
     seconds from the first failure (which calls ``failing``); then ServerAway. Other errors are raised at once
-    (sqlite's lock is retried as everywhere, by ``retry_locked``)."""
+    (sqlite's lock is retried as everywhere, by ``retry_locked``). A write to a database, not a ``server``, is
+    finished before a Ctrl-C arrives; a wait for a server is not."""
     deadline, delay = None, 0.5
     while True:
         try:
-            return retry_locked(write, *args, **kwargs)
+            return retry_locked(write, *args, hold_interrupts=not server, **kwargs)
         except Exception as e:
             if not (server and transient(e)):
                 raise

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,12 +159,36 @@ def find_parent_run(client: Any, experiment_id: str, sweep: str) -> Any:
     )
     return runs[0] if runs else None
 
-def retry_locked(write: Any, *args: Any, attempts: int = 6, **kwargs: Any) -> Any:
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait for the block to end, then arrive as they would have. A database write cut short
+    by KeyboardInterrupt can leave its connection holding sqlite's write lock (SQLAlchemy 2.1, pysqlite): every
+    later write of the process, the run's KILLED status included, then waits on that lock for minutes."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    caught: list[int] = []
+    # a handler set outside Python (getsignal: None) cannot be put back: such a signal is not held
+    before = {s: h for s in (signal.SIGINT, signal.SIGTERM) if (h := signal.getsignal(s)) is not None}
+    for s in before:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(caught):  # to the handlers they were meant for: KeyboardInterrupt, Terminated
+            signal.raise_signal(s)
+
+
+def retry_locked(write: Any, *args: Any, attempts: int = 6, hold_interrupts: bool = False, **kwargs: Any) -> Any:
     """sqlite allows one writer at a time; under parallel sweep jobs a write can time out on the lock.
-    Back off and retry rather than lose the steps. Every write of a run goes through here."""
+    Back off and retry rather than lose the steps. Every write of a run goes through here; a write to a
+    database (not a server) is finished before a Ctrl-C arrives (``interrupts_held``)."""
     for i in range(attempts):
         try:
-            return write(*args, **kwargs)
+            with interrupts_held() if hold_interrupts else contextlib.nullcontext():
+                return write(*args, **kwargs)
         except Exception as e:
             if "database is locked" not in str(e) or i == attempts - 1:
                 raise
