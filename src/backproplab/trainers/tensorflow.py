@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter (CUDA probes, ...)
 # TF's oneDNN custom CPU ops announce on stderr that they may change the numerical results; plain Eigen
@@ -33,7 +32,7 @@ def gpu_available() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def set_threads(threads: Any) -> None:
+def set_threads(threads: int | str | None) -> None:
     """TF's own thread pools: the run's count (``trainer.threads``, chosen by backproplab.threads), unless TF's
     runtime has started already (an earlier job of an in-process sweep): it keeps its pools."""
     if isinstance(threads, int):
