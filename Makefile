@@ -1,5 +1,6 @@
 # `make train` / `make test` set everything up on a fresh machine: a .venv with the project installed
-# (with the [jax] extra, for trainer=jax, and the [server] extra, for a team server).
+# (with the [tf] extra, TensorFlow's CPU build for trainer=tensorflow and tf2, the [jax] extra, for trainer=jax,
+# and the [server] extra, for a team server).
 # Pass Hydra overrides with ARGS, pytest options with PYTEST_ARGS:
 #   make train ARGS="model=dynamic optim=sgd_momentum"      make test PYTEST_ARGS="-k pipeline" WORKERS=0 COVERAGE=0
 PYTHON ?= python3
@@ -12,7 +13,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,jax,server]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,tf,jax,server]'
 	touch $(STAMP)
 
 train: $(STAMP)

@@ -13,6 +13,7 @@ functions, hydra / mlflow / TensorFlow only by the subprocesses, so a missing on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.metadata
 import importlib.util
@@ -155,8 +156,17 @@ def device_info() -> tuple[str, str]:
         f"{p.name}{f' (x{count})' if count > 1 else ''}, {p.total_memory / 2**30:.1f} GiB, sm_{p.major}{p.minor}; "
         f"torch {torch.__version__} (CUDA {torch.version.cuda}), lightning {version_of('lightning', 'lightning')}, "
         f"python {platform.python_version()}; hydra-core {version_of('hydra-core', 'hydra')}, "
-        f"mlflow {version_of('mlflow', 'mlflow')}, tensorflow {version_of('tensorflow', 'tensorflow')}"
+        f"mlflow {version_of('mlflow', 'mlflow')}, {tensorflow_build()}"
     )
+
+
+def tensorflow_build() -> str:
+    """Which TensorFlow: the GPU-capable wheel ([tf-gpu]) or tensorflow-cpu ([tf]), which never sees a GPU."""
+    if has_module("tensorflow"):
+        for dist in ("tensorflow", "tensorflow-cpu"):
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+                return f"{dist} {importlib.metadata.version(dist)}"
+    return f"tensorflow {version_of('tensorflow', 'tensorflow')}"
 
 
 def cuda_seconds(fn: Callable[[], Any], rounds: int = 3, round_s: float = 0.2) -> float:
@@ -287,7 +297,9 @@ def train_cli(overrides: list[str], workdir: Path, check: Check) -> tuple[str, s
     if rc != 0:
         if module := missing_module(err + out):
             return "skipped", f"{module} not installed"
-        if "no CUDA device is available" in err:  # torch has one (checked first): the trainer's framework does not
+        # torch has a GPU (checked first): the trainer's framework does not see it, or is a CPU-only build
+        # (tensorflow-cpu: the line says how to swap in the [tf-gpu] extra)
+        if "no CUDA device is available" in err or "CPU-only build" in err:
             return "skipped", f"the trainer's framework sees no GPU: {last_line(err)}"
         return "FAILED", f"exit {rc}: {last_line(err, out)}"
     return summarize_run(out + "\n" + err)

@@ -7,6 +7,7 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 from backproplab.trainers import registry
@@ -104,6 +105,24 @@ def test_every_trainer_yaml_names_an_importable_module_and_its_capabilities() ->
         assert importlib.util.find_spec(spec.module), spec.module
         assert spec.models and spec.optims and spec.devices and spec.precisions, spec.name
     assert registry.reference() in specs
+
+
+def test_tensorflow_is_an_extra_with_a_cpu_and_a_gpu_build() -> None:
+    """tensorflow-cpu can never see a GPU, so TensorFlow is not a core dependency: the [tf] extra is the CPU
+    build (make installs it), [tf-gpu] the GPU-capable wheel with its CUDA libraries, and the trainers that need
+    TensorFlow name both when it is missing, and the GPU one when a CPU-only build is asked for a GPU."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith("tensorflow")]
+    extras = project["optional-dependencies"]
+    assert extras["tf"] == ["tensorflow-cpu>=2.16,<2.22"]
+    assert extras["tf-gpu"] == ["tensorflow[and-cuda]>=2.16,<2.22"]
+    assert "tf," in (REPO / "Makefile").read_text().split("-e '.[")[1]
+    needing = [s for s in registry.trainers().values() if "tensorflow" in s.requires]
+    assert {s.name for s in needing} == {"tensorflow", "tf2"}
+    for spec in needing:
+        assert "'.[tf]'" in spec.install and "'.[tf-gpu]'" in spec.install, spec.name
+        assert spec.gpu_install == "pip uninstall -y tensorflow-cpu && pip install -e '.[tf-gpu]'", spec.name
 
 
 def test_a_new_trainer_is_its_module_and_its_yaml(tmp_path: Path) -> None:

@@ -201,6 +201,20 @@ def test_tensorflow_on_gpu_matches_the_cpu() -> None:
     np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=1e-8)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="needs a CUDA device")
+def test_a_cpu_only_tensorflow_on_a_gpu_machine_names_the_gpu_extra(ws: Workspace) -> None:
+    tf = pytest.importorskip("tensorflow")
+    if tf.test.is_built_with_cuda():
+        pytest.skip("this TensorFlow is a GPU build: test_tensorflow_on_gpu_matches_the_cpu runs it")
+    proc = ws.train("trainer=tensorflow", "trainer.accelerator=gpu", "logger=none", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: trainer.accelerator=gpu: trainer=tensorflow's framework is a CPU-only build, which cannot use "
+        "this machine's GPU; pip uninstall -y tensorflow-cpu && pip install -e '.[tf-gpu]'"
+    )
+
+
 # -- float32, the default: every backend within float32 rounding of autograd --------------------------------
 
 FLOAT32_BOUND = {"sequential": 1e-5, "dynamic": 3e-2}  # measured 3.5e-6 and 6.6e-3 (numpy) over 200 steps

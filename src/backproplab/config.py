@@ -270,7 +270,7 @@ def check_support(cfg: DictConfig) -> None:
                 "which runs on the CPU only; use trainer.accelerator=cpu"
             )
         if not gpu_available(name):
-            raise ConfigError(NO_GPU.format(t.accelerator))
+            raise ConfigError(no_gpu(name, t.accelerator))
 
 
 def gpu_available(trainer: str) -> bool:
@@ -281,3 +281,15 @@ def gpu_available(trainer: str) -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def no_gpu(trainer: str, accelerator: str) -> str:
+    """Why the trainer sees no GPU: none here, or (torch sees one) a CPU-only build of its framework."""
+    spec, module = registry.spec(trainer), registry.load(trainer)
+    if spec.gpu_install and hasattr(module, "built_for_gpu") and not module.built_for_gpu():
+        import torch
+
+        if torch.cuda.is_available():
+            return (f"trainer.accelerator={accelerator}: trainer={trainer}'s framework is a CPU-only build, which "
+                    f"cannot use this machine's GPU; {spec.gpu_install}")
+    return NO_GPU.format(accelerator)

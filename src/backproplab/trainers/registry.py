@@ -39,6 +39,7 @@ class TrainerSpec:
     optim_rules: bool  # applies torch.optim's rules itself (backproplab/optimizers.py): its keys are checked
     requires: tuple[str, ...]  # modules of an optional extra (jax, optax): refused in one line when missing
     install: str  # how to install them, said in that line
+    gpu_install: str  # how to get the framework's GPU build, said when a CPU-only build is asked for a GPU
     why: str  # said when a model it lacks is asked for
     declared: dict  # module and supports as the yaml has them: a run's config must not override them
 
@@ -74,6 +75,7 @@ def _spec(path: Path) -> TrainerSpec:
         optim_rules=bool(s.get("optim_rules", False)),
         requires=listed("requires"),
         install=str(s.get("install", "")),
+        gpu_install=str(s.get("gpu_install", "")),
         why=str(s.get("why", "")),
         declared={"module": raw["module"], "supports": s},
     )

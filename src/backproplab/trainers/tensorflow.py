@@ -32,6 +32,11 @@ def gpu_available() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+def built_for_gpu() -> bool:
+    """False for tensorflow-cpu (the [tf] extra), which never sees a GPU; the [tf-gpu] extra's build can."""
+    return bool(tf.test.is_built_with_cuda())
+
+
 def set_threads(threads: int | str | None) -> None:
     """TF's own thread pools: the run's count (``trainer.threads``, chosen by backproplab.threads), unless TF's
     runtime has started already (an earlier job of an in-process sweep): it keeps its pools."""

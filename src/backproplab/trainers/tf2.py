@@ -12,7 +12,12 @@ import time
 
 # isort: off
 # first: the TF1 trainer's module sets TensorFlow's environment (quiet, no oneDNN) before TensorFlow is imported
-from backproplab.trainers.tensorflow import gpu_available, place, set_threads  # noqa: F401  (gpu_available: validation)
+from backproplab.trainers.tensorflow import (  # noqa: F401  (gpu_available, built_for_gpu: validation)
+    built_for_gpu,
+    gpu_available,
+    place,
+    set_threads,
+)
 import tensorflow as tf
 # isort: on
 
