@@ -17,7 +17,6 @@ from benchmarks.common import (
     TARGETS,
     TRAIN_SCRIPT,
     Settings,
-    alternate,
     compose_cfg,
     measure_process,
     median,
@@ -99,30 +98,33 @@ def _child_imports(*overrides: str) -> dict[str, Any]:
 
 
 def bench_sweep(s: Settings, tmp: Path) -> dict[str, Any]:
-    """`train.py -m experiment=<all nine>` (sequential launcher, full MLflow record in a temp launch dir)
-    against the nine tutorial scripts run one after another as processes."""
+    """`train.py -m experiment=<all nine>` (sequential launcher, full MLflow record in a temp launch dir), the same
+    sweep on Hydra's joblib launcher (one worker process per CPU), and the nine reference scripts run one after
+    another as processes; the three rotate round by round."""
     if not s.sweep:
         return {"skipped": "sweep not requested"}
     sweep_cmd = [sys.executable, TRAIN_SCRIPT, "-m", f"experiment={','.join(s.sweep)}"]
-    sweeps: list[float] = []
-    tutorials: list[float] = []
+    commands = {"sweep": sweep_cmd, "sweep_joblib": [*sweep_cmd, "hydra/launcher=joblib"]}
+    samples: dict[str, list[float]] = {"tutorial": [], **{k: [] for k in commands}}
     for i in range(s.sweep_repeats):
-        for which in alternate(i, "tutorial", "sweep"):
-            if which == "sweep":
-                launch = Path(tempfile.mkdtemp(prefix="sweep-", dir=tmp))  # its own store and multirun dir
-                sweeps.append(time_process(sweep_cmd, cwd=launch))
+        keys = list(samples)
+        for which in keys[i % len(keys):] + keys[: i % len(keys)]:
+            if which == "tutorial":
+                samples[which].append(sum(time_process([sys.executable, REFERENCE / f"{NINE[e]}.py"], cwd=tmp)
+                                          for e in s.sweep))
             else:
-                tutorials.append(sum(time_process([sys.executable, REFERENCE / f"{NINE[e]}.py"], cwd=tmp)
-                                     for e in s.sweep))
+                launch = Path(tempfile.mkdtemp(prefix="sweep-", dir=tmp))  # its own store and multirun dir
+                samples[which].append(time_process(commands[which], cwd=launch))
     out = {
         "experiments": list(s.sweep),
-        "command": f"python scripts/train.py -m experiment={','.join(s.sweep)}",
-        "sweep_s": median(sweeps),
-        "tutorial_s": median(tutorials),
-        "samples": {"sweep": sweeps, "tutorial": tutorials},
+        "command": " ".join(["python scripts/train.py", *commands["sweep"][2:]]),
+        "command_joblib": " ".join(["python scripts/train.py", *commands["sweep_joblib"][2:]]),
+        **{f"{k}_s": median(v) for k, v in samples.items()},
+        "samples": samples,
         "target": TARGETS["sweep"],
     }
     out["ratio"] = ratio(out["sweep_s"], out["tutorial_s"])
-    print(f"[bench] sweep: {out['sweep_s']:.1f}s vs {out['tutorial_s']:.1f}s -> {out['ratio']:.2f}x",
-          file=sys.stderr, flush=True)
+    out["ratio_joblib"] = ratio(out["sweep_joblib_s"], out["tutorial_s"])
+    print(f"[bench] sweep: {out['sweep_s']:.1f}s (joblib {out['sweep_joblib_s']:.1f}s) vs {out['tutorial_s']:.1f}s "
+          f"-> {out['ratio']:.2f}x (joblib {out['ratio_joblib']:.2f}x)", file=sys.stderr, flush=True)
     return out

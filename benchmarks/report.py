@@ -183,10 +183,12 @@ def markdown(results: dict[str, Any]) -> str:
         if "skipped" in sw:
             lines.append(f"skipped: {sw['skipped']}")
         else:
-            lines += ["| | s |", "|---|---:|", f"| `{sw['command']}` | {fmt(sw['sweep_s'], 1)} |",
+            lines += ["| | s | vs the scripts |", "|---|---:|---:|",
+                      f"| `{sw['command']}` | {fmt(sw['sweep_s'], 1)} | {fmt(sw['ratio'])}× |",
+                      f"| `{sw['command_joblib']}` (one worker per CPU) | {fmt(sw['sweep_joblib_s'], 1)} | "
+                      f"{fmt(sw['ratio_joblib'])}× |",
                       f"| the {len(sw['experiments'])} reference scripts, one process each | "
-                      f"{fmt(sw['tutorial_s'], 1)} |",
-                      f"| ratio | {fmt(sw['ratio'])}× |"]
+                      f"{fmt(sw['tutorial_s'], 1)} | |"]
     if sc := results.get("scaling"):
         lines += ["", f"## Scaling on {sc['device']}: N = D_in = H, D_out = {sc['d_out']}, {sc['dtype']}", "",
                   f"FLOPs per step = {sc['flops_formula']}. Steady-state step time (median of the intervals between "
