@@ -154,17 +154,17 @@ class MlflowTracker(Recorder):
             raise  # Ctrl-C (held until the run was made, when it came during its creation)
         return self
 
-    def _create_run(self, exp_id: str, name: str, tags: dict[str, str]) -> Any:
-        """The run, created once. The client, not mlflow.start_run: no process-wide active run, which MLflow would
-        end at exit. A create that timed out may have reached a slow server: its retry looks for that run first."""
+    def _create_run(self, exp_id: str, name: str, tags: dict[str, str]) -> None:
+        """Sets ``self.run``, created once (so that a Ctrl-C held during the create finds it). The client, not
+        mlflow.start_run: no process-wide active run, which MLflow would end at exit. A create that timed out may
+        have reached a slow server: its retry looks for that run first."""
         if self._create_tried:
             made = self.client.search_runs([exp_id], f"tags.`{OPEN_TAG}` = '{tags[OPEN_TAG]}'", max_results=1)
             if made:
                 self.run = made[0]
-                return self.run
+                return
         self._create_tried = True
         self.run = self.client.create_run(exp_id, run_name=name, tags=tags)
-        return self.run
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
         interrupt = exc if isinstance(exc, KeyboardInterrupt) else None
