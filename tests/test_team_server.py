@@ -152,11 +152,13 @@ def test_wrong_or_missing_credentials_stop_the_run_before_training(
 
 
 def test_a_server_restarted_mid_run_costs_no_step(ws: Workspace, team: TeamServer) -> None:
-    """SIGKILL the server while a run logs, start it again a few seconds later: every step, once, FINISHED."""
+    """SIGKILL the server while a run logs, start it again a few seconds later: every step, once, FINISHED.
+    The run waits longer for the server (server_timeout) than restart() allows the server to come up: under CI's
+    load a basic-auth server has taken over the default 60 s to start."""
     steps = 40000
     proc = subprocess.Popen(
         [sys.executable, str(TRAIN), "trainer=numpy", f"trainer.max_steps={steps}", "logger.flush_seconds=1",
-         f"logger.tracking_uri={team.uri}"],
+         f"logger.tracking_uri={team.uri}", "logger.server_timeout=180"],
         cwd=ws.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**clean_env(), **team.login},
     )
     try:
