@@ -164,7 +164,8 @@ def markdown(results: dict[str, Any]) -> str:
         else:
             peak = st.get("peak_mib", {})
             rows = [("command", "ours"), ("command_experiment", "ours_experiment"), ("tutorial", "tutorial"),
-                    ("command_tracked", "ours_tracked"), ("tutorial_optim", "tutorial_optim")]
+                    ("command_tracked", "ours_tracked"), ("command_untracked", "ours_untracked"),
+                    ("tutorial_optim", "tutorial_optim")]
             lines += ["| process | median s | peak MiB |", "|---|---:|---:|"]
             lines += [f"| `{st[label]}` | {fmt(st[f'{key}_s'])} | {fmt(peak.get(key), 0)} |"
                       for label, key in rows if label in st]
@@ -172,6 +173,8 @@ def markdown(results: dict[str, Any]) -> str:
                          f"({fmt(st['ratio_experiment'])}×) | |")
             if "ratio_tracked" in st:
                 lines.append(f"| tracked optim ratio | {fmt(st['ratio_tracked'])}× | |")
+            if "ratio_untracked" in st:
+                lines.append(f"| … the same run with `logger=none` | {fmt(st['ratio_untracked'])}× | |")
     if imp := results.get("imports"):
         lines += ["", "## Heavy modules each trainer's process imports (compose + run.train, logger=none)", "",
                   "| trainer | heavy modules | process s |", "|---|---|---:|"]
@@ -260,6 +263,8 @@ def flat_ratios(results: dict[str, Any]) -> dict[str, float]:
         out["ratio/startup/numpy"] = results["startup"]["ratio"]
     if "ratio_tracked" in results.get("startup", {}):
         out["ratio/startup/tracked_optim"] = results["startup"]["ratio_tracked"]
+    if "ratio_untracked" in results.get("startup", {}):
+        out["ratio/startup/untracked_optim"] = results["startup"]["ratio_untracked"]
     if "ratio" in results.get("sweep", {}):
         out["ratio/sweep"] = results["sweep"]["ratio"]
     sc = results.get("scaling", {})

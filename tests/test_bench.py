@@ -70,6 +70,8 @@ def test_json_has_every_section_and_positive_finite_ratios(quick: tuple[dict, st
     assert isinstance(data["imports"]["numpy"]["heavy"], list)
     assert isinstance(data["imports"]["numpy_forbidden"], list)
     assert positive(data["startup"]["ratio"])  # against the project's own reference script
+    # the tracked run beside the same run untracked: the record's share of the gap
+    assert positive(data["startup"]["ratio_tracked"]) and positive(data["startup"]["ratio_untracked"])
 
     server = data["server"]  # runs at once against a real mlflow server on PostgreSQL: nothing lost
     assert server["runs_complete"] == server["runs"] and server["lost"] == 0 and positive(server["steps_per_s"])
