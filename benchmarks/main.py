@@ -97,12 +97,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     meta["load_samples"] = [meta["load_start"]]
 
+    meta["section_s"] = {}  # wall time of each section: where the benchmark's own minutes go
+
     def section(key: str, fn: Callable[[], Any]) -> None:
+        t0 = time.perf_counter()
         try:
             results[key] = fn()
         except Exception as e:  # one failed measurement must not lose the others
             errors[key] = f"{type(e).__name__}: {e}".strip()[:2000]
             print(f"[bench] {key} failed: {errors[key]}", file=sys.stderr, flush=True)
+        meta["section_s"][key] = round(time.perf_counter() - t0, 2)
         meta["load_samples"].append(load())
 
     from backproplab.trainers import registry

@@ -1,9 +1,15 @@
 """A team's tracking server (issue 13): ``mlflow server`` on a real PostgreSQL, artifacts proxied through the
-server, a basic-auth login; and what a run does when that server goes away and comes back."""
+server, a basic-auth login; and what a run does when that server goes away and comes back.
+
+One server serves the whole module, as one serves a team: each test records into an experiment of its own
+(``logger.experiment_name``). A basic-auth server takes ~20 s to start (over 40 s under CI's load), so a server
+per test cost minutes. The tests that kill it start it again; the fixture restarts one that a failed test left
+dead."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,15 +63,15 @@ class TeamServer:
         os.environ.update(self.login)  # MLflow reads credentials from the environment only
         return MlflowClient(self.uri)
 
-    def runs(self, children_only: bool = False) -> list:
+    def runs(self, experiment: str, children_only: bool = False) -> list:
         client = self.client()
-        exp = client.get_experiment_by_name("backproplab")
+        exp = client.get_experiment_by_name(experiment)
         runs = client.search_runs([exp.experiment_id], max_results=1000) if exp else []
         return [r for r in runs if "mlflow.parentRunId" in r.data.tags] if children_only else runs
 
-    def logged(self) -> bool:
-        """A run has its first steps on the server."""
-        return any(self.client().get_metric_history(r.info.run_id, "train/loss") for r in self.runs())
+    def logged(self, experiment: str) -> bool:
+        """A run of ``experiment`` has its first steps on the server."""
+        return any(self.client().get_metric_history(r.info.run_id, "train/loss") for r in self.runs(experiment))
 
     def kill(self) -> None:
         """SIGKILL to the server's whole process group (gunicorn/uvicorn workers, huey): a crash, not a stop."""
@@ -83,48 +89,53 @@ class TeamServer:
             time.sleep(0.2)
 
 
-@pytest.fixture
-def team(postgres: Postgres, tmp_path: Path) -> Iterator[TeamServer]:
-    server = TeamServer(postgres, tmp_path / "server")
-    try:
-        yield server
-    finally:
-        if server.proc.poll() is None:
-            server.kill()
-
-
 @pytest.fixture(scope="module")
-def shared_team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamServer]:
-    """One server for the tests that record nothing (the refused logins)."""
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamServer]:
+    """The module's one server, on its own PostgreSQL cluster."""
     pg = started_postgres()
     try:
         server = TeamServer(pg, tmp_path_factory.mktemp("team"))
         yield server
-        server.kill()
+        if server.proc.poll() is None:
+            server.kill()
     finally:
         pg.remove()
 
 
-def test_a_parallel_sweep_on_postgres_behind_a_login(ws: Workspace, team: TeamServer) -> None:
+@pytest.fixture
+def team(server: TeamServer) -> TeamServer:
+    """The shared server, up: a test that failed between a kill and its restart leaves it down."""
+    if server.proc.poll() is not None:
+        server.restart()
+    return server
+
+
+@pytest.fixture
+def experiment(request: pytest.FixtureRequest) -> str:
+    """This test's own experiment on the shared server."""
+    return re.sub(r"\W+", "-", request.node.name).strip("-")
+
+
+def test_a_parallel_sweep_on_postgres_behind_a_login(ws: Workspace, team: TeamServer, experiment: str) -> None:
     """4 jobs, 2 at a time, each a process of its own logging every step over HTTP to PostgreSQL."""
     proc = ws.train(
         "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer=numpy",
         "optim.lr=5e-5,1e-4,1.5e-4,2e-4", "logger.flush_every=50", f"logger.tracking_uri={team.uri}",
-        env=team.login,
+        f"logger.experiment_name={experiment}", env=team.login,
     )
-    children = team.runs(children_only=True)
+    children = team.runs(experiment, children_only=True)
     assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
     client = team.client()
     for run in children:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
         assert sorted(steps) == list(range(500)), run.info.run_name
-    (parent,) = [r for r in team.runs() if "mlflow.parentRunId" not in r.data.tags]
+    (parent,) = [r for r in team.runs(experiment) if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.status == "FINISHED" and "4 finished" in proc.stdout
     assert {"report/report.md", "report/loss_curves.png"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id, "report")
     }
     # artifacts went through the server into its destination; nothing was written beside the launch dir
-    assert len(list(team.artifacts.rglob("config.yaml"))) == 4
+    assert len(list((team.artifacts / parent.info.experiment_id).rglob("config.yaml"))) == 4
     assert not (ws.path / "mlruns").exists() and not ws.db.exists()
     files = [p for p in ws.path.rglob("*") if p.is_file()]
     assert PASSWORD not in proc.stdout + proc.stderr
@@ -133,36 +144,36 @@ def test_a_parallel_sweep_on_postgres_behind_a_login(ws: Workspace, team: TeamSe
 
 @pytest.mark.parametrize("login", ["wrong password", "no login", "wrong password in the URI"])
 def test_wrong_or_missing_credentials_stop_the_run_before_training(
-    ws: Workspace, shared_team: TeamServer, login: str
+    ws: Workspace, team: TeamServer, experiment: str, login: str
 ) -> None:
-    team = shared_team
     uri, env = team.uri, {}
     if login == "wrong password":
         env = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": "not-it-3141"}
     elif login == "wrong password in the URI":
         uri = team.uri.replace("http://", f"http://{ADMIN}:not-it-3141@")
-    proc = ws.train("trainer=numpy", f"logger.tracking_uri={uri}", env=env, check=False, timeout=120)
+    proc = ws.train("trainer=numpy", f"logger.tracking_uri={uri}", f"logger.experiment_name={experiment}", env=env,
+                    check=False, timeout=120)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr[-3000:]
     assert "did not accept the login" in lines[0] and "MLFLOW_TRACKING_PASSWORD" in lines[0]
     assert f"127.0.0.1:{team.port}" in lines[0] and "not-it-3141" not in proc.stdout + proc.stderr
     assert "steps, loss" not in proc.stdout  # no training happened
-    assert team.runs() == []
+    assert team.runs(experiment) == []
 
 
-def test_a_server_restarted_mid_run_costs_no_step(ws: Workspace, team: TeamServer) -> None:
+def test_a_server_restarted_mid_run_costs_no_step(ws: Workspace, team: TeamServer, experiment: str) -> None:
     """SIGKILL the server while a run logs, start it again a few seconds later: every step, once, FINISHED.
     The run waits longer for the server (server_timeout) than restart() allows the server to come up: under CI's
     load a basic-auth server has taken over the default 60 s to start."""
-    steps = 40000
+    steps = 12000  # batches of 1,000 steps: the server is killed once the first has landed, ~11 batches early
     proc = subprocess.Popen(
         [sys.executable, str(TRAIN), "trainer=numpy", f"trainer.max_steps={steps}", "logger.flush_seconds=1",
-         f"logger.tracking_uri={team.uri}", "logger.server_timeout=180"],
+         f"logger.tracking_uri={team.uri}", f"logger.experiment_name={experiment}", "logger.server_timeout=180"],
         cwd=ws.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**clean_env(), **team.login},
     )
     try:
-        wait_for(proc, team.logged, "no step was recorded")
+        wait_for(proc, lambda: team.logged(experiment), "no step was recorded")
         team.kill()
         time.sleep(4)
         team.restart()
@@ -170,20 +181,21 @@ def test_a_server_restarted_mid_run_costs_no_step(ws: Workspace, team: TeamServe
     finally:
         proc.kill()
     assert proc.returncode == 0, err[-3000:]
-    (run,) = team.runs()
+    assert "the tracking server did not answer: retried" in out + err  # the outage did reach the run
+    (run,) = team.runs(experiment)
     assert run.info.status == "FINISHED"
     recorded = [m.step for m in team.client().get_metric_history(run.info.run_id, "train/loss")]
     assert sorted(recorded) == list(range(steps))  # none missing, none twice
 
 
-def _start_run(ws: Workspace, team: TeamServer, *overrides: str) -> subprocess.Popen:
+def _start_run(ws: Workspace, team: TeamServer, experiment: str, *overrides: str) -> subprocess.Popen:
     """A long numpy run logging to the team server; returns once its first steps are on the server."""
     proc = subprocess.Popen(
         [sys.executable, str(TRAIN), "trainer=numpy", "logger.flush_seconds=1", f"logger.tracking_uri={team.uri}",
-         *overrides],
+         f"logger.experiment_name={experiment}", *overrides],
         cwd=ws.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**clean_env(), **team.login},
     )
-    wait_for(proc, team.logged, "no step was recorded")
+    wait_for(proc, lambda: team.logged(experiment), "no step was recorded")
     return proc
 
 
@@ -201,13 +213,13 @@ def _spool_named_in(stderr: str) -> str:
     return spool
 
 
-def test_a_server_that_stays_away_costs_no_step_once_synced(ws: Workspace, team: TeamServer) -> None:
+def test_a_server_that_stays_away_costs_no_step_once_synced(ws: Workspace, team: TeamServer, experiment: str) -> None:
     """The server dies for good mid-run: the run trains on, keeps what it could not send in a spool, and says how
     to send it; once the server is back, sync completes the run (every step once, the artifacts, FINISHED), and a
     second sync sends nothing."""
-    steps = 20000
+    steps = 10000  # batches of 1,000 steps: the server dies once the first has landed
     # 20 s: a server loaded by CI's other tests can take over 5 s to answer while alive
-    proc = _start_run(ws, team, f"trainer.max_steps={steps}", "logger.server_timeout=20")
+    proc = _start_run(ws, team, experiment, f"trainer.max_steps={steps}", "logger.server_timeout=20")
     try:
         team.kill()
         out, err = proc.communicate(timeout=300)  # a hang check: the run notices within server_timeout
@@ -222,14 +234,14 @@ def test_a_server_that_stays_away_costs_no_step_once_synced(ws: Workspace, team:
     assert [p for p in Path(spool).rglob("*") if p.is_file() and PASSWORD.encode() in p.read_bytes()] == []
 
     team.restart()
-    (run,) = team.runs()
+    (run,) = team.runs(experiment)
     assert run.info.status == "RUNNING"  # nothing reached the server after it died
     synced = _sync(ws, team, spool)
     assert synced.returncode == 0 and "is FINISHED" in synced.stdout, synced.stderr[-3000:]
     again = _sync(ws, team, spool)
     assert again.returncode == 0 and "nothing left to send" in again.stdout, again.stderr[-3000:]
 
-    (run,) = team.runs()
+    (run,) = team.runs(experiment)
     client = team.client()
     assert run.info.status == "FINISHED" and "final_loss" in run.data.metrics
     recorded = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
@@ -238,10 +250,12 @@ def test_a_server_that_stays_away_costs_no_step_once_synced(ws: Workspace, team:
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["random-64x1000"]
 
 
-def test_sigterm_during_an_outage_ends_the_run_promptly_with_its_spool(ws: Workspace, team: TeamServer) -> None:
+def test_sigterm_during_an_outage_ends_the_run_promptly_with_its_spool(
+    ws: Workspace, team: TeamServer, experiment: str
+) -> None:
     """SIGTERM while the server is away ends the run within seconds, not after server_timeout (60 s by default)
     or MLflow's minutes of retries; the spool then completes the run as KILLED, its steps 0..n-1."""
-    proc = _start_run(ws, team, "trainer.max_steps=2000000")
+    proc = _start_run(ws, team, experiment, "trainer.max_steps=2000000")
     try:
         team.kill()
         time.sleep(3)  # its next batch (flush_seconds=1) now waits for the server
@@ -256,7 +270,7 @@ def test_sigterm_during_an_outage_ends_the_run_promptly_with_its_spool(ws: Works
     team.restart()
     synced = _sync(ws, team, spool)
     assert synced.returncode == 0 and "is KILLED" in synced.stdout, synced.stderr[-3000:]
-    (run,) = team.runs()
+    (run,) = team.runs(experiment)
     assert run.info.status == "KILLED"
     recorded = sorted(m.step for m in team.client().get_metric_history(run.info.run_id, "train/loss"))
     assert recorded == list(range(len(recorded)))
