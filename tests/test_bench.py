@@ -46,6 +46,8 @@ def test_json_has_every_section_and_positive_finite_ratios(quick: tuple[dict, st
                 "threads", "server")
     for key in (*sections, "targets"):
         assert key in data, key
+    timed = data["meta"]["section_s"]  # each section's own wall time: where the benchmark's minutes go
+    assert set(sections) <= set(timed) and all(math.isfinite(v) and v >= 0 for v in timed.values()), timed
 
     # every trainer of the registry, measured against its reference loop (tf2, jax: against the trainer they
     # are held to), or named as having none
