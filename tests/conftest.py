@@ -189,12 +189,3 @@ def started_postgres() -> Postgres:
         raise
     return pg
 
-
-@pytest.fixture
-def postgres() -> Iterator[Postgres]:
-    """A throwaway PostgreSQL cluster, removed after the test."""
-    pg = started_postgres()
-    try:
-        yield pg
-    finally:
-        pg.remove()
