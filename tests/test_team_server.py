@@ -167,13 +167,8 @@ def test_a_server_restarted_mid_run_costs_no_step(ws: Workspace, team: TeamServe
     The run waits longer for the server (server_timeout) than restart() allows the server to come up: under CI's
     load a basic-auth server has taken over the default 60 s to start."""
     steps = 12000  # batches of 1,000 steps: the server is killed once the first has landed, ~11 batches early
-    proc = subprocess.Popen(
-        [sys.executable, str(TRAIN), "trainer=numpy", f"trainer.max_steps={steps}", "logger.flush_seconds=1",
-         f"logger.tracking_uri={team.uri}", f"logger.experiment_name={experiment}", "logger.server_timeout=180"],
-        cwd=ws.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**clean_env(), **team.login},
-    )
+    proc = _start_run(ws, team, experiment, f"trainer.max_steps={steps}", "logger.server_timeout=180")
     try:
-        wait_for(proc, lambda: team.logged(experiment), "no step was recorded")
         team.kill()
         time.sleep(4)
         team.restart()
