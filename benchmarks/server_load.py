@@ -85,7 +85,9 @@ def mlflow_server(store: str, artifacts: Path, log: Path) -> tuple[subprocess.Po
     """``mlflow server`` with 2 workers on ``store``, artifacts proxied, on a free port; (process, URI)."""
     port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-           "--backend-store-uri", store, "--artifacts-destination", str(artifacts)]
+           "--backend-store-uri", store, "--artifacts-destination", str(artifacts),
+           # uvicorn's 5 s worker ping kills workers still importing MLflow on a loaded machine, again and again
+           "--uvicorn-opts", "--timeout-worker-healthcheck 60"]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 180

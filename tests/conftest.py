@@ -49,9 +49,7 @@ def serve(
     Under ``make test``'s coverage, a server runs unmeasured unless ``measured``: MLflow's server runs none of
     the package, and tracing its every call would only slow it down."""
     env = dict(popen.pop("env", None) or os.environ)  # type: ignore[call-overload]
-    if not measured:
-        env = {k: v for k, v in env.items() if not k.startswith("COVERAGE_")}
-    popen["env"] = env
+    popen["env"] = env if measured else unmeasured(env)
     for _ in range(tries):
         port = free_port()
         with log.open("a") as out:
@@ -103,6 +101,11 @@ def gpu_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def unmeasured(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without coverage's variables: a process started with it runs untraced."""
+    return {k: v for k, v in env.items() if not k.startswith("COVERAGE_")}
 
 
 def clean_env() -> dict[str, str]:

@@ -18,7 +18,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TRAIN, Postgres, Workspace, clean_env, healthy, serve, started_postgres, wait_for
+from conftest import (
+    TRAIN,
+    Postgres,
+    Workspace,
+    clean_env,
+    healthy,
+    serve,
+    started_postgres,
+    unmeasured,
+    wait_for,
+)
 
 ADMIN, PASSWORD = "admin", "team-Pw-7d41"  # not MLflow's default: the auth app refuses to start without one
 
@@ -37,7 +47,7 @@ class TeamServer:
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         )
         self.env = {
-            **clean_env(), "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD,
+            **unmeasured(clean_env()), "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD,
             "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-key-for-tests",  # one key for every worker (CSRF)
         }
         self.proc, self.port = serve(self.command, self.log, ready=healthy, env=self.env, start_new_session=True)
@@ -47,6 +57,9 @@ class TeamServer:
             sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
             "--port", str(port), "--workers", "2", "--backend-store-uri", self.store,
             "--artifacts-destination", str(self.artifacts),
+            # uvicorn kills a worker that does not answer its ping in 5 s; on CI's loaded 2 cores a worker still
+            # importing MLflow missed it, over and over, and a restarted server never came up in 120 s
+            "--uvicorn-opts", "--timeout-worker-healthcheck 60",
         ]
 
     @property
