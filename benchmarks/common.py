@@ -156,23 +156,17 @@ def time_process(cmd: Sequence[str], cwd: Path | str, timeout: float = 900) -> f
 
 def measure_process(cmd: Sequence[str], cwd: Path | str, timeout: float = 900) -> tuple[float, float]:
     """(wall time in s, peak resident memory in MiB) of one process, stdout to /dev/null. The peak is the
-    process's own VmHWM plus that of each process it started (a run's MLflow writer), read while they run
-    (rusage would count this big parent's memory: the child is forked from it)."""
+    process's own VmHWM, read while it runs (rusage would count this big parent's memory: the child is forked
+    from it)."""
     start = time.perf_counter()
-    peaks: dict[int, int] = {}  # pid -> its VmHWM in KiB
-
-    def hwm(pid: int) -> None:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            line = [ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("VmHWM:")]
-            peaks[pid] = max(peaks.get(pid, 0), int(line[0].split()[1]))
-
+    peak_kib = 0
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        status = Path(f"/proc/{proc.pid}/status")
         while proc.poll() is None:
-            hwm(proc.pid)
             with contextlib.suppress(OSError, ValueError):
-                for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
-                    hwm(int(child))
+                hwm = [line for line in status.read_text().splitlines() if line.startswith("VmHWM:")]
+                peak_kib = max(peak_kib, int(hwm[0].split()[1])) if hwm else peak_kib
             if time.perf_counter() - start > timeout:
                 proc.kill()
                 raise BenchError(f"{' '.join(map(str, cmd))} ran past {timeout:.0f} s")
@@ -181,7 +175,7 @@ def measure_process(cmd: Sequence[str], cwd: Path | str, timeout: float = 900) -
         if proc.returncode != 0:
             err.seek(0)
             raise BenchError(f"{' '.join(map(str, cmd))} exited {proc.returncode}: {err.read()[-2000:]}")
-    return wall, sum(peaks.values()) / 1024
+    return wall, peak_kib / 1024
 
 
 def run_child(kind: str, *args: str, cwd: Path | str, timeout: float = 900) -> dict[str, Any]:
