@@ -87,11 +87,10 @@ def train(cfg: DictConfig) -> float:
         cfg.trainer.checkpoint_dir = checkpoint_dir(cfg)
         if cfg.data.dtype == "float64" and str(cfg.trainer.precision) in ("32-true", "32"):
             cfg.trainer.precision = "64-true"  # float64 data trains in float64: the record says so
-    with make_tracker(cfg) as rec:  # the record opens (in its writer process) while this one imports
+    with make_tracker(cfg) as rec:  # opened before the heavy imports: a bad store fails in seconds
         train_fn = registry.get_train(cfg.trainer.name)  # the trainer's own imports (torch, TF, ...) happen here
         threads.use(count)  # in every framework those imports loaded
         problem = make_problem(cfg)
-        rec.ready()  # a store that cannot be used stops the run here, before training
         t0 = time.perf_counter()
         result = train_fn(problem, cfg, rec.on_step)
         rec.finish(result, problem)

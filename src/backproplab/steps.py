@@ -58,9 +58,6 @@ class Recorder:
     def __exit__(self, *exc: object) -> bool:
         return False
 
-    def ready(self) -> None:
-        """Called before training: a record that cannot be written stops the run here. Nothing to wait for."""
-
     def on_step(self, step: int, loss: float) -> None:
         loss = float(loss)
         if not math.isfinite(loss):

@@ -2,7 +2,6 @@
 
 - ``store``: which store, opened with one clear error; sqlite's lock; the tags that link runs
 - ``run``: one run's record (params, step batches, artifacts, model, status)
-- ``remote`` / ``writer``: that record written by a process of its own beside training, which it does not hold up
 - ``spool``: a run's writes as operations, sent with bounded retries or kept while the server is away; sync
 - ``sweep``: the Hydra callback that gives a multirun its parent run, summary and report
 - ``report``: a sweep's comparison (figure and tables); ``figures``: a run's own loss curve

@@ -14,7 +14,6 @@ import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +87,8 @@ class MlflowTracker(Recorder):
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> MlflowTracker:
+        # MLflow prints a server's run address with the URI's credentials; this run prints its own, masked
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.client, exp_id = open_store(self.cfg.logger)
         self.experiment_id = exp_id
         self._server = self.client.tracking_uri.startswith(("http://", "https://"))
@@ -220,11 +221,6 @@ class MlflowTracker(Recorder):
     def _failing(self) -> None:
         self._waiting = True
 
-    @property
-    def waiting(self) -> bool:
-        """The write under way has found the server away and is waiting for it."""
-        return self._waiting
-
     def _write(self, op: dict[str, Any]) -> None:
         """Apply one operation to the run, or keep it in the spool once the server is away."""
         if self.spool is None:
@@ -273,15 +269,8 @@ class MlflowTracker(Recorder):
 
     # -- per step --------------------------------------------------------------------------------
     def on_step(self, step: int, loss: float) -> None:
-        self.keep(step, loss)
-        self.flush_if_due()
-
-    def keep(self, step: int, loss: float) -> None:
-        """A step kept for the next flush, with no write now."""
-        Recorder.on_step(self, step, loss)
+        super().on_step(step, loss)
         self._pending.append(("train/loss", self.losses[-1], int(time.time() * 1000), step))
-
-    def flush_if_due(self) -> None:
         # a database write costs ~20 ms, a whole tutorial step ~0.5 ms: write in batches, by count or by age
         # (so a long run's curve still shows up live in the UI)
         now = time.perf_counter()
@@ -307,79 +296,55 @@ class MlflowTracker(Recorder):
 
     # -- at the end ------------------------------------------------------------------------------
     def finish(self, result: Any, problem: Any) -> None:
-        self.record(summarize(result, problem, len(self.losses), self._t0))
-
-    def record(self, s: Summary) -> None:
-        """What the run ends with: final metrics, config, curve, dataset, fit, and the model or the weights."""
         self.flush()
+        steps = len(self.losses)
+        final = {
+            "final_loss": self.losses[-1],
+            "time/total_s": time.perf_counter() - self._t0,
+            "time/loop_s": result.loop_s,
+            "time/step_ms": 1000 * result.loop_s / max(steps, 1),
+            "throughput/samples_per_s": problem.x.shape[0] * steps / max(result.loop_s, 1e-12),
+            **{f"time/{key}": value for key, value in result.timings.items()},
+        }
         now = int(time.time() * 1000)
-        final = {"final_loss": self.losses[-1], **s.final}
         self._write({"op": "metrics", "metrics": [(k, float(v), now, 0) for k, v in final.items()]})
         self._write(self._file("config.yaml", resolved_yaml(self.cfg)))
         # with its interpolations kept (optim.optimizer.lr: ${..lr}), so that +rerun overrides propagate
         self._write(self._file("config_source.yaml", resolved_yaml(self.cfg, resolve=False)))
-        if s.repeats is not None:
-            self._write(self._file("repeat_schedule.json", json.dumps(s.repeats)))
+        if problem.repeats is not None:
+            self._write(self._file("repeat_schedule.json", json.dumps(problem.repeats.tolist())))
         self._write(self._file("loss_curve.png", figure=loss_curve(self.steps, self.losses, self.cfg)))
         # the training data as an MLflow dataset input: the UI's Dataset column says what the run trained on
-        self._write({"op": "dataset", "name": s.dataset[0], "object": s.dataset[1:]})
-        if s.formula is not None and s.fit is not None:
-            self.log_fit(s.formula, s.fit)
-        if s.model is not None:
-            self._write({"op": "model", "object": s.model, "experiment_id": self.experiment_id})
-        else:
-            self._write(self._file("weights.npz", arrays=s.weights))
+        self._write({"op": "dataset", "name": problem.name, "object": (problem.x, problem.y)})
+        self.log_fit(result, problem)
+        self.log_weights(result)
 
-    def log_fit(self, text: str, fit: dict[str, Any]) -> None:
+    def log_fit(self, result: Any, problem: Any) -> None:
         """A formula model's fit: the formula (tag ``fit.formula``, ``result.txt``, the description's second line),
         ``fit.png`` against the data, and the curves as ``fit.json`` (which the sweep report overlays)."""
+        if problem.formula is None:
+            return
+        text = problem.formula(result.weights)
         log.info("Result: %s", text)
         note = f"{self.note}\n\nResult: {text}"
         self._write({"op": "tags", "tags": {"fit.formula": text, "mlflow.note.content": note}})
         self._write(self._file("result.txt", f"Result: {text}\n"))
+        curves = problem.curves(result.weights)
+        every = max(1, len(problem.x) // 400)  # enough points for a smooth line, a small file
+        fit = {
+            "x": problem.x[::every].tolist(),
+            "y": problem.y[::every].tolist(),
+            "curves": {name: c[::every].tolist() for name, c in curves.items()},
+        }
         self._write(self._file("fit.json", json.dumps(fit)))
         self._write(self._file("fit.png", figure=fit_plot(fit, f"{self.run.info.run_name}: {text}")))
 
-
-@dataclass
-class Summary:
-    """What the record keeps of a finished training, as plain data: made beside the trainer (``summarize``),
-    written by the record (``MlflowTracker.record``), in this process or in the writer's."""
-
-    final: dict[str, float]  # the run's final metrics
-    dataset: tuple[str, Any, Any]  # name, x, y
-    repeats: list[int] | None = None  # the dynamic net's schedule
-    formula: str | None = None  # a formula model's fit, as text
-    fit: dict[str, Any] | None = None  # its curves against the data (fit.json)
-    model: Any = None  # a torch module, logged as an MLflow model
-    weights: dict[str, Any] | None = None  # numpy's, TensorFlow's, JAX's arrays (weights.npz)
-
-
-def summarize(result: Any, problem: Any, steps: int, t0: float) -> Summary:
-    """A trainer's Result and its problem, reduced to what the record writes (``t0``: when the record opened)."""
-    final = {
-        "time/total_s": time.perf_counter() - t0,
-        "time/loop_s": result.loop_s,
-        "time/step_ms": 1000 * result.loop_s / max(steps, 1),
-        "throughput/samples_per_s": problem.x.shape[0] * steps / max(result.loop_s, 1e-12),
-        **{f"time/{key}": value for key, value in result.timings.items()},
-    }
-    s = Summary(final=final, dataset=(problem.name, problem.x, problem.y))
-    if problem.repeats is not None:
-        s.repeats = problem.repeats.tolist()
-    if problem.formula is not None:
-        s.formula = problem.formula(result.weights)
-        every = max(1, len(problem.x) // 400)  # enough points for a smooth line, a small file
-        s.fit = {
-            "x": problem.x[::every].tolist(),
-            "y": problem.y[::every].tolist(),
-            "curves": {name: c[::every].tolist() for name, c in problem.curves(result.weights).items()},
-        }
-    if result.model is not None:
-        s.model = result.model.cpu()
-    else:
-        s.weights = result.weights
-    return s
+    def log_weights(self, result: Any) -> None:
+        """A torch module as an MLflow model; numpy's and TensorFlow's arrays as ``weights.npz``."""
+        if result.model is not None:
+            self._write({"op": "model", "object": result.model.cpu(), "experiment_id": self.experiment_id})
+        else:
+            self._write(self._file("weights.npz", arrays=result.weights))
 
 def record_refusal(cfg: DictConfig, error: Exception) -> None:
     """A multirun job whose config was refused still leaves a FAILED child run with the reason, so that the
@@ -390,9 +355,6 @@ def record_refusal(cfg: DictConfig, error: Exception) -> None:
         raise error
 
 def make_tracker(cfg: DictConfig) -> Recorder:
-    """The run's record: MLflow's, written by the writer process (``tracking.remote``), or none."""
     if cfg.logger.name == "mlflow" and is_rank_zero():
-        from backproplab.tracking.remote import RemoteTracker
-
-        return RemoteTracker(cfg)
+        return MlflowTracker(cfg)
     return Recorder(cfg.trainer.get("divergence_factor"))

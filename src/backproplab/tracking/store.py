@@ -74,9 +74,6 @@ def open_store(logger_cfg: DictConfig) -> tuple[Any, str]:
     not after an hour of training with nowhere to write."""
     from mlflow.tracking import MlflowClient
 
-    # MLflow prints a server's run and experiment addresses with the URI's credentials when a run ends; this
-    # project prints its own, masked (a run's page; the sweep's summary)
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     uri = str(logger_cfg.get("tracking_uri") or "")
     try:
         uri, artifact_location = store_location(logger_cfg)
