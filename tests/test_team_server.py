@@ -25,8 +25,8 @@ from conftest import (
     clean_env,
     healthy,
     serve,
+    server_env,
     started_postgres,
-    unmeasured,
     wait_for,
 )
 
@@ -47,7 +47,7 @@ class TeamServer:
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         )
         self.env = {
-            **unmeasured(clean_env()), "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD,
+            **server_env(clean_env()), "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD,
             "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-key-for-tests",  # one key for every worker (CSRF)
         }
         self.proc, self.port = serve(self.command, self.log, ready=healthy, env=self.env, start_new_session=True)
