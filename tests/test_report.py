@@ -34,9 +34,11 @@ class Sweep:
 def sweeps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Sweep]:
     """Two real multiruns, each in its own store, run side by side to halve the wait: "grid" (2 optims x
     2 models, 4 runs) and "optims" (2 optimizers, nothing else differs)."""
+    # trainer.threads fixed: `auto` picks from the CPUs idle at each job's start, so under CI's load one job of four
+    # recorded threads=1 and the others 2, and the labels (the params that differ) named it
     overrides = {
-        "grid": ("-m", "optim=sgd,adam", "model=sequential,custom", "trainer.max_steps=20"),
-        "optims": ("-m", "optim=sgd,adam", "trainer.max_steps=5"),
+        "grid": ("-m", "optim=sgd,adam", "model=sequential,custom", "trainer.max_steps=20", "trainer.threads=1"),
+        "optims": ("-m", "optim=sgd,adam", "trainer.max_steps=5", "trainer.threads=1"),
     }
     spaces = {name: Workspace(tmp_path_factory.mktemp(name)) for name in overrides}
     with ThreadPoolExecutor(len(spaces)) as pool:  # each thread waits on its own subprocess
