@@ -103,12 +103,17 @@ def gpu_available() -> bool:
     return torch.cuda.is_available()
 
 
+def untraced(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without coverage's variables: a Python process started with it runs untraced."""
+    return {k: v for k, v in env.items() if not k.startswith("COVERAGE_")}
+
+
 def server_env(env: dict[str, str], measured: bool = False) -> dict[str, str]:
     """``env`` for an MLflow server the tests start: untraced unless ``measured`` (coverage's variables dropped),
     and without MLflow's job runner. That runner serves GenAI jobs, which no test uses, and it starts a dozen
     Python processes that each import MLflow: ~23 CPU-s per server start, measured on these 2 cores."""
     env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    return env if measured else {k: v for k, v in env.items() if not k.startswith("COVERAGE_")}
+    return env if measured else untraced(env)
 
 
 def clean_env() -> dict[str, str]:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, untraced
 
 from backproplab.trainers import registry
 
@@ -33,10 +33,9 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, str]:
     out = tmp / "b.json"
     # untraced under `make test`'s coverage: the benchmark is not the package coverage measures, and its ~20 timed
     # processes would all run traced, slower, for lines the other tests cover
-    untraced = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--out", str(out)],
-        cwd=tmp, capture_output=True, text=True, timeout=600, env=untraced,
+        cwd=tmp, capture_output=True, text=True, timeout=600, env=untraced(dict(os.environ)),
     )
     assert proc.returncode == 0, f"--stdout--\n{proc.stdout[-3000:]}\n--stderr--\n{proc.stderr[-3000:]}"
     return json.loads(out.read_text()), out.with_suffix(".md").read_text(), proc.stdout
