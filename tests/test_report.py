@@ -34,11 +34,11 @@ class Sweep:
 def sweeps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Sweep]:
     """Two real multiruns, each in its own store, run side by side to halve the wait: "grid" (2 optims x
     2 models, 4 runs) and "optims" (2 optimizers, nothing else differs)."""
-    # trainer.threads fixed: `auto` picks from the CPUs idle at each job's start, so under CI's load one job of four
-    # recorded threads=1 and the others 2, and the labels (the params that differ) named it
+    # trainer.threads is left at auto, which picks from the CPUs idle at each job's start: under CI's load one job
+    # of four recorded threads=1 and the others 2, and a label must still not name it
     overrides = {
-        "grid": ("-m", "optim=sgd,adam", "model=sequential,custom", "trainer.max_steps=20", "trainer.threads=1"),
-        "optims": ("-m", "optim=sgd,adam", "trainer.max_steps=5", "trainer.threads=1"),
+        "grid": ("-m", "optim=sgd,adam", "model=sequential,custom", "trainer.max_steps=20"),
+        "optims": ("-m", "optim=sgd,adam", "trainer.max_steps=5"),
     }
     spaces = {name: Workspace(tmp_path_factory.mktemp(name)) for name in overrides}
     with ThreadPoolExecutor(len(spaces)) as pool:  # each thread waits on its own subprocess
@@ -151,11 +151,16 @@ def handmade(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
     old = run("old sweep", 0)
     run("old child", 1, old, **common, **{"optim.lr": "1e-6"})
     new = run("new sweep", 10)
-    good = run("ok", 11, new, **common, **{"optim.lr": "1e-6", "trainer.checkpoint_dir": "/a/0"})
+    # both chose their thread count (trainer.threads=auto), and the load gave them different ones: not a label
+    good = run("ok", 11, new, **common,
+               **{"optim.lr": "1e-6", "trainer.checkpoint_dir": "/a/0", "trainer.threads": "2"})
+    client.set_tag(good, "backproplab.auto", "trainer.threads")
     client.log_batch(good, metrics=[Metric("train/loss", 10.0 - s, t, s) for s in range(3)])
     client.log_metric(good, "time/loop_s", 0.5)  # no time/step_ms: steps/s = max_steps / loop_s
     client.set_terminated(good, "FINISHED")
-    bad = run("boom", 12, new, **common, **{"optim.lr": "1e9", "trainer.checkpoint_dir": "/a/1"})
+    bad = run("boom", 12, new, **common,
+              **{"optim.lr": "1e9", "trainer.checkpoint_dir": "/a/1", "trainer.threads": "1"})
+    client.set_tag(bad, "backproplab.auto", "trainer.threads")
     client.set_tag(bad, "failure_reason", "loss diverged | at step 0")
     client.set_terminated(bad, "FAILED")
     run("lone", 20)  # the newest run, but it has no children: not a sweep

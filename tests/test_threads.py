@@ -50,6 +50,8 @@ def test_a_run_records_its_count_and_a_rerun_repeats_it(ws: Workspace) -> None:
     _, fixed, rerun = ws.runs()
     assert fixed.data.params["trainer.threads"] == "1"
     assert rerun.data.params["trainer.threads"] == str(count)
+    # only the run that chose its count says so (a report labels it "auto", not by the count the load gave it)
+    assert [r.data.tags.get("backproplab.auto") for r in (run, fixed, rerun)] == ["trainer.threads", None, None]
 
 
 def test_a_two_job_joblib_sweep_shares_the_cpus(ws: Workspace) -> None:

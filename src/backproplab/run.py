@@ -82,12 +82,14 @@ def train(cfg: DictConfig) -> float:
             cfg.data.module = declared("data", cfg.data.name).get("module")
     refuse_added_keys(cfg, hydra_overrides())
     validate(cfg)
-    count = threads.resolve(cfg)  # auto -> a count, before the record opens: the params say what ran
+    # auto -> a count, before the record opens: the params say what ran, and a tag that it was auto
+    auto_keys = ["trainer.threads"] if threads.is_auto(cfg) else []
+    count = threads.resolve(cfg)
     with open_dict(cfg):
         cfg.trainer.checkpoint_dir = checkpoint_dir(cfg)
         if cfg.data.dtype == "float64" and str(cfg.trainer.precision) in ("32-true", "32"):
             cfg.trainer.precision = "64-true"  # float64 data trains in float64: the record says so
-    with make_tracker(cfg) as rec:  # opened before the heavy imports: a bad store fails in seconds
+    with make_tracker(cfg, auto_keys) as rec:  # opened before the heavy imports: a bad store fails in seconds
         train_fn = registry.get_train(cfg.trainer.name)  # the trainer's own imports (torch, TF, ...) happen here
         threads.use(count)  # in every framework those imports loaded
         problem = make_problem(cfg)

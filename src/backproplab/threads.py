@@ -114,10 +114,15 @@ def choose(flops: float, usable: int, idle: float) -> int:
     return max(1, min(by_work, usable, round(idle)))
 
 
+def is_auto(cfg: DictConfig) -> bool:
+    """Whether the run chooses its thread count itself (None: a run recorded before the key existed)."""
+    return cfg.trainer.get("threads", "auto") in ("auto", None)
+
+
 def resolve(cfg: DictConfig) -> int:
     """Set ``trainer.threads`` (validated: auto or N) to a count, ``auto`` chosen now, and return it."""
     count = cfg.trainer.get("threads", "auto")
-    if count in ("auto", None):  # None: a run recorded before the key existed
+    if is_auto(cfg):
         flops, usable, idle = flops_per_step(cfg), usable_cpus(cfg), idle_cpus()
         count = choose(flops, usable, idle)
         log.debug("trainer.threads=auto -> %d (%.0f MFLOP per step, %d usable CPUs, %.1f idle)",

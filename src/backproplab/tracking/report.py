@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from backproplab.tracking.figures import LOSS_KEY, sweep_figure
-from backproplab.tracking.store import PARENT_TAG, default_store
+from backproplab.tracking.store import AUTO_TAG, PARENT_TAG, default_store
 
 ARTIFACT_PATH = "report"
 # label order: the config groups a user sweeps most, then every other differing key alphabetically
@@ -152,6 +152,12 @@ def _determined_by(params: Sequence[dict[str, str]], key: str, by: str) -> bool:
         if seen.setdefault(p.get(by), p.get(key)) != p.get(key):
             return False
     return True
+
+
+def as_asked(run: Any) -> dict[str, str]:
+    """A run's params as the user set them: a key the run chose itself from ``auto`` (its thread count, which
+    follows the machine's load at the job's start) reads ``auto``, so that it never tells runs apart."""
+    return {**run.data.params, **dict.fromkeys(run.data.tags.get(AUTO_TAG, "").split(), "auto")}
 
 
 def differing_labels(params: Sequence[dict[str, str]]) -> list[str]:
@@ -322,7 +328,7 @@ def make_report(
     # best first, in the table and the legend; runs without a loss last
     order = sorted(range(len(rows)), key=lambda i: (rows[i]["final_loss"] is None, rows[i]["final_loss"] or 0.0))
     children, histories, rows = ([seq[i] for i in order] for seq in (children, histories, rows))
-    labels = differing_labels([r.data.params for r in children])
+    labels = differing_labels([as_asked(r) for r in children])
     labels = [lab or r.info.run_name for lab, r in zip(labels, children, strict=True)]
     if len(set(labels)) < len(labels):  # identical configs (reruns): the short id tells them apart
         labels = [f"{lab} ({r.info.run_id[:8]})" for lab, r in zip(labels, children, strict=True)]

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from backproplab.tracking import names
 from backproplab.tracking.figures import fit_plot, loss_curve
 from backproplab.tracking.spool import ServerAway, Spool, apply, bound_http_retries, send
 from backproplab.tracking.store import (
+    AUTO_TAG,
     OPEN_TAG,
     PARENT_TAG,
     SWEPT_TAG,
@@ -69,9 +71,10 @@ class MlflowTracker(Recorder):
     """One MLflow run: opened on enter, closed with the right status on exit. Every write after the opening is
     an operation (``tracking.spool``): applied at once, or, while the server is away, kept in a spool."""
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig, auto_keys: Sequence[str] = ()):
         super().__init__(cfg.trainer.get("divergence_factor"))
         self.cfg = cfg
+        self.auto_keys = list(auto_keys)  # keys the run chose itself: tagged, so that a report labels them "auto"
         self.flush_every = int(cfg.logger.get("flush_every", 1000))
         self.flush_seconds = float(cfg.logger.get("flush_seconds", 5.0))
         self.server_timeout = float(cfg.logger.get("server_timeout", 60.0))
@@ -125,6 +128,8 @@ class MlflowTracker(Recorder):
         self.note = tags["mlflow.note.content"]
         if c.get("preset"):
             tags["preset"] = c.preset
+        if self.auto_keys:
+            tags[AUTO_TAG] = " ".join(self.auto_keys)
         if commit := git_commit():
             tags["mlflow.source.git.commit"] = commit
         parent = None
@@ -354,7 +359,9 @@ def record_refusal(cfg: DictConfig, error: Exception) -> None:
     with contextlib.suppress(Exception), MlflowTracker(cfg):
         raise error
 
-def make_tracker(cfg: DictConfig) -> Recorder:
+def make_tracker(cfg: DictConfig, auto_keys: Sequence[str] = ()) -> Recorder:
+    """The run's record: MLflow (on rank 0), else the in-memory recorder. ``auto_keys``: the config keys the run
+    resolved from ``auto`` itself, whose params say what it chose."""
     if cfg.logger.name == "mlflow" and is_rank_zero():
-        return MlflowTracker(cfg)
+        return MlflowTracker(cfg, auto_keys)
     return Recorder(cfg.trainer.get("divergence_factor"))

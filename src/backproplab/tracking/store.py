@@ -28,6 +28,8 @@ SWEEP_TAG = "backproplab.sweep_dir"  # on a multirun's parent run; jobs find the
 
 OPEN_TAG = "backproplab.open_id"  # a run's opening request: a retried create finds the run it made
 SWEPT_TAG = "backproplab.swept"  # on the parent: the keys the sweep varies, which the children's names show
+# on a run: the keys it was asked to choose itself (trainer.threads=auto); their params hold what it chose
+AUTO_TAG = "backproplab.auto"
 
 
 class TrackingError(RuntimeError):
