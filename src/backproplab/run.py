@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
 import time
+from typing import NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from backproplab import threads
+from backproplab import signals, threads
 from backproplab.config import ConfigError, declared, refuse_added_keys, validate
 from backproplab.problem import make_problem
 from backproplab.runtime import hydra_overrides, mask_hydra_outputs, mask_logs, sweep_dir
@@ -21,14 +21,6 @@ from backproplab.trainers import registry
 
 log = logging.getLogger("backproplab")
 EXPECTED = (ConfigError, Diverged, TrackingError)  # one line for the user, no traceback
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C so that the run is flushed and marked KILLED."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated()
 
 
 def main(cfg: DictConfig) -> float:
@@ -43,10 +35,14 @@ def main(cfg: DictConfig) -> float:
     if HydraConfig.initialized():
         mask_hydra_outputs(HydraConfig.get().runtime.output_dir, *([sweep_dir()] if sweep_dir() else []))
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    restore = signals.install() if in_main else None
     try:
         return train(cfg)
+    except KeyboardInterrupt as e:
+        interrupted(e)
     except Exception as e:
+        if (interrupt := signals.received()) is not None:  # the interrupt came out of a library as another error
+            interrupted(interrupt)
         in_sweep = sweep_dir() is not None and cfg.get("continue_on_failure", True)
         if not isinstance(e, EXPECTED) and not in_sweep:
             raise  # a bug: Hydra shows it with its traceback
@@ -59,16 +55,19 @@ def main(cfg: DictConfig) -> float:
                 record_refusal(cfg, e)
             return float("inf")
         sys.exit(2 if isinstance(e, ConfigError) else 1)
-    except KeyboardInterrupt as e:
-        code = 143 if isinstance(e, Terminated) else 130
-        if notes := getattr(e, "__notes__", None):  # the server was away: the record is in the spool
-            print(f"interrupted: run marked KILLED (exit {code}); {notes[0]}", file=sys.stderr)
-        else:
-            print(f"interrupted: metrics so far are recorded, run marked KILLED (exit {code})", file=sys.stderr)
-        sys.exit(code)
     finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+        if restore is not None:
+            restore()
+
+
+def interrupted(e: KeyboardInterrupt) -> NoReturn:
+    """Ctrl-C (exit 130) or SIGTERM (143): one line, the run already marked KILLED by its record."""
+    code = 143 if isinstance(e, signals.Terminated) else 130
+    if notes := getattr(e, "__notes__", None):  # the server was away: the record is in the spool
+        print(f"interrupted: run marked KILLED (exit {code}); {notes[0]}", file=sys.stderr)
+    else:
+        print(f"interrupted: metrics so far are recorded, run marked KILLED (exit {code})", file=sys.stderr)
+    sys.exit(code)
 
 
 def train(cfg: DictConfig) -> float:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from backproplab import signals
+
 OnStep = Callable[[int, float], None]
 CKPT_META = "backproplab"  # what a trainer's checkpoint records of its run ({"model": ..., "optim": ...}),
 # read back by validation to refuse a resume with another model or optimizer
@@ -59,6 +61,7 @@ class Recorder:
         return False
 
     def on_step(self, step: int, loss: float) -> None:
+        signals.check()  # a Ctrl-C / SIGTERM whose exception a finalizer dropped stops the run here
         loss = float(loss)
         if not math.isfinite(loss):
             raise Diverged(step, loss)

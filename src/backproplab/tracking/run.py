@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from backproplab import signals
 from backproplab.runtime import git_commit, hydra_overrides, is_rank_zero, mask_secrets, sweep_dir
 from backproplab.steps import Recorder
 from backproplab.tracking import names
@@ -149,7 +150,7 @@ class MlflowTracker(Recorder):
         except BaseException as e:  # once the run exists, it must not stay RUNNING
             if self.run is not None:
                 with contextlib.suppress(Exception):
-                    status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+                    status = "KILLED" if isinstance(e, KeyboardInterrupt) or signals.received() else "FAILED"
                     send(self.client.set_terminated, self.run.info.run_id, status, timeout=5, server=self._server)
             if isinstance(e, ServerAway):
                 raise TrackingError(f"{mask_secrets(self.client.tracking_uri)}: {e}") from None
@@ -172,7 +173,8 @@ class MlflowTracker(Recorder):
         self.run = self.client.create_run(exp_id, run_name=name, tags=tags)
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
-        interrupt = exc if isinstance(exc, KeyboardInterrupt) else None
+        # an interrupt dropped by a finalizer, or turned into another error by a library, is still the interrupt
+        interrupt = exc if isinstance(exc, KeyboardInterrupt) else signals.received()
         error = exc if interrupt is None else None
         if interrupt:
             self._hurry()
