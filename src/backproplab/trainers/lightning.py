@@ -6,6 +6,8 @@ module as buffers (moved to the device once); the "dataloader" only counts the s
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import sys
 import time
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from omegaconf import DictConfig
 
@@ -82,6 +85,21 @@ class TutorialModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CKPT_META] = self.meta
+
+
+# Lightning asks inspect, every step, whether training_step takes batch_idx; inspect honours a function's
+# __signature__, so the answer is worked out once (2-3% of the tutorial's Lightning loop here, alternating rounds).
+TutorialModule.training_step.__signature__ = inspect.signature(TutorialModule.training_step)  # type: ignore[attr-defined]
+
+
+class NoProfiler(PassThroughProfiler):
+    """Lightning's default profiler without its cost: PassThroughProfiler profiles nothing, but still builds a
+    generator context manager around each of the ~26 hook calls of a step (4% of the tutorial's loop here)."""
+
+    _none = contextlib.nullcontext()
+
+    def profile(self, action_name: str) -> contextlib.AbstractContextManager:  # type: ignore[override]
+        return self._none
 
 
 HISTORY = "backproplab/loss_history"  # (step, loss) rows, sent back from spawned DDP workers
@@ -213,6 +231,7 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
         enable_model_summary=False,
         enable_progress_bar=show_bar,
         callbacks=callbacks,
+        profiler=NoProfiler(),
     )
     start = time.perf_counter()
     try:
