@@ -280,6 +280,21 @@ def test_a_sigterm_a_finalizer_drops_still_stops_the_run(ws: Workspace, handlers
     assert ws.losses(run.info.run_id) == [1.0, 0.5]
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_putting_the_handlers_back_forgets_the_signal(handlers: None) -> None:
+    """Tests and an in-process sweep's later jobs train in this process after it: a signal noted here must not
+    stop them."""
+    from backproplab import signals
+    from backproplab.steps import Recorder
+
+    restore = signals.install()
+    SignalledWhileCollected()
+    assert isinstance(signals.received(), signals.Terminated)
+    restore()
+    assert signals.received() is None
+    Recorder().on_step(0, 1.0)
+
+
 def test_ctrl_c_in_the_middle_of_a_write_leaves_the_store_unlocked(ws: Workspace) -> None:
     """A run writing every step spends most of its time in database writes, so a Ctrl-C lands in one. A write
     cut short used to keep sqlite's write lock in the process itself: its KILLED status then waited 20 s per try

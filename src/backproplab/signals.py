@@ -31,7 +31,8 @@ def _handler(signum: int, frame: object) -> None:
 
 def install() -> Callable[[], None]:
     """Handle SIGTERM, and Ctrl-C where Python's default handler has it (not where a launcher chose to ignore it),
-    from the main thread; returns what puts the previous handlers back."""
+    from the main thread; returns what puts the previous handlers back and forgets the signal (the next job of an
+    in-process sweep, or a test, starts clean)."""
     global _received
     _received = None
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _handler)}
@@ -39,8 +40,10 @@ def install() -> Callable[[], None]:
         previous[signal.SIGINT] = signal.signal(signal.SIGINT, _handler)
 
     def restore() -> None:
+        global _received
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        _received = None
 
     return restore
 
