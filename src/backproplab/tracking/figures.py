@@ -114,7 +114,10 @@ def sweep_figure(curves: Iterable[Curve], fits: list[tuple[str, dict]], title: s
             drawn += 1
         fx.set_title("fit (same colours as the loss curves)")
         fx.legend(loc="upper left", fontsize="small")
-    fig.suptitle("\n".join(textwrap.wrap(title, width=int(fig.get_figwidth() * 12))), fontsize="medium")
+    # the title is centred on the figure and the legend holds the top of its right edge: the title wraps to the
+    # width that stays clear of the legend's column
+    clear = fig.get_figwidth() - (2 * legend_w if n else 0)
+    fig.suptitle("\n".join(textwrap.wrap(title, width=max(40, int(clear * 12)))), fontsize="medium")
     if n:
         fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize="small", ncols=ncols)
     fig.savefig(path, dpi=100)
