@@ -230,3 +230,14 @@ def test_runs_that_differ_by_preset_are_labelled_by_it_alone() -> None:
     assert differing_labels(params) == ["numpy", "tensor", "nn", "optim"]
     params += [{**preset("nn", "lightning", "0.001"), "optim.lr": "0.001"}]  # a key swept beside the presets
     assert differing_labels(params)[-3:] == ["nn lr=0.0001", "optim lr=0.0001", "nn lr=0.001"]
+
+
+def test_a_title_wraps_at_spaces_and_after_commas_never_inside_a_word() -> None:
+    from backproplab.tracking.figures import wrap
+
+    title = "backproplab: experiment=numpy,tensor,autograd,function,tensorflow,nn,optim,module,dynamic (9 runs)"
+    lines = wrap(title, 60).splitlines()
+    assert lines == ["backproplab: experiment=numpy,tensor,autograd,function,",
+                     "tensorflow,nn,optim,module,dynamic (9 runs)"]
+    assert "".join(wrap(title, 20).splitlines()).replace(" ", "") == title.replace(" ", "")
+    assert wrap("short", 40) == "short"

@@ -7,7 +7,7 @@ callback.
 from __future__ import annotations
 
 import math
-import textwrap
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -58,8 +58,19 @@ def fit_plot(fit: dict[str, Any], title: str) -> Any:
     _sine_axes(ax, fit)
     _draw_fit(ax, fit)
     ax.legend(fontsize="small")
-    ax.set_title("\n".join(textwrap.wrap(title, width=70)), fontsize="medium")
+    ax.set_title(wrap(title, 70), fontsize="medium")
     return fig
+
+
+def wrap(text: str, width: int) -> str:
+    """``text`` in lines of about ``width`` characters, broken at spaces or after commas, never inside a word (a
+    sweep's ``experiment=numpy,tensor,...`` has no spaces)."""
+    lines = [""]
+    for piece in re.findall(r"[^,\s]*(?:,|\s+|$)", text):
+        if lines[-1] and len(lines[-1] + piece.rstrip()) > width:
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def sweep_figure(curves: Iterable[Curve], fits: list[tuple[str, dict]], title: str, path: Path) -> tuple[int, int]:
@@ -117,7 +128,7 @@ def sweep_figure(curves: Iterable[Curve], fits: list[tuple[str, dict]], title: s
     # the title is centred on the figure and the legend holds the top of its right edge: the title wraps to the
     # width that stays clear of the legend's column
     clear = fig.get_figwidth() - (2 * legend_w if n else 0)
-    fig.suptitle("\n".join(textwrap.wrap(title, width=max(40, int(clear * 12)))), fontsize="medium")
+    fig.suptitle(wrap(title, max(40, int(clear * 12))), fontsize="medium")
     if n:
         fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize="small", ncols=ncols)
     fig.savefig(path, dpi=100)
