@@ -30,10 +30,10 @@ def main(cfg: DictConfig) -> float:
     (FAILED in MLflow) and returns +inf (the worst loss; a NaN breaks hydra-optuna-sweeper 1.3 with
     optuna 2.10) so that the other jobs go on; the sweep callback then reports it.
     """
-    # signal handlers can only be set from the main thread (not so in a threaded launcher)
     mask_logs()  # credentials in a tracking URI never reach a log line or Hydra's own files
     if HydraConfig.initialized():
         mask_hydra_outputs(HydraConfig.get().runtime.output_dir, *([sweep_dir()] if sweep_dir() else []))
+    # signal handlers can only be set from the main thread (not so in a threaded launcher)
     in_main = threading.current_thread() is threading.main_thread()
     restore = signals.install() if in_main else None
     try:

@@ -5,7 +5,7 @@ Python raises a signal's exception in whatever code runs at that moment. When th
 the exception, and the run went on as if nobody had asked it to stop; inside a library's own cleanup (OmegaConf's
 flag context managers) the interrupt came out as another error, and the run was recorded FAILED with it. Of 400
 SIGTERMs sent at random moments of an in-process numpy run, 7 runs FINISHED though signalled mid-run and 2 were
-recorded FAILED with an OmegaConf error; with the notes below, none of either.
+recorded FAILED with an OmegaConf error; with the signal noted as below, none of either.
 
 So the handlers here also note the signal, and the run asks for it where it is safe to act on it: at every step
 (:meth:`backproplab.steps.Recorder.on_step`), and when its record closes (an error then reads as the interrupt).
