@@ -85,21 +85,30 @@ def test_submitit_local_launcher(ws: Workspace) -> None:
         assert_complete(ws, run, 50)
 
 
-def test_slurm_launcher_config_follows_the_trainer() -> None:
+@pytest.mark.parametrize(("overrides", "asked"), [
+    (["trainer=numpy"], (1, 1, None)),  # a trainer without the keys: one node, one task, no GPU
+    ([], (1, 1, None)),
+    (["accelerator=ddp_cpu"], (1, 1, None)),  # one task; Lightning spawns its two ranks in it
+    (["accelerator=gpu", "trainer.devices=4"], (1, 4, 4)),  # Slurm starts a rank per GPU
+    (["accelerator=gpu", "trainer.devices=8", "trainer.num_nodes=2", "trainer.strategy=ddp"], (2, 8, 8)),
+    (["accelerator=gpu", "trainer.devices=4", "hydra.launcher.tasks_per_node=1"], (1, 1, 4)),  # as set
+])
+def test_what_a_slurm_job_asks_for_follows_its_trainer(overrides: list[str], asked: tuple) -> None:
+    """hydra/launcher=slurm's nodes, tasks and GPUs are auto: each job's own trainer keys decide them (the jobs
+    through a real cluster are in test_slurm.py)."""
     from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from backproplab.slurm.submit import request
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "hydra/launcher=slurm", "trainer.devices=4", "trainer.num_nodes=2", "hydra.launcher.partition=gpu"
-            ],
-            return_hydra_config=True,
-        )
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (4, 4, 2)
-    assert launcher.partition == "gpu" and launcher.timeout_min == 60
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=debug", *overrides],
+                      return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"] == "hydra_plugins.backproplab_launcher.slurm.SlurmLauncher"
+    assert (launcher["cpus_per_task"], launcher["mem_gb"], launcher["partition"]) == (1, 2, "debug")
+    got = request(launcher, cfg)
+    assert (got["nodes"], got["tasks_per_node"], got["gpus_per_node"]) == asked
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import gc
 import hydra
 from omegaconf import DictConfig
 
-from backproplab.runtime import composition_error, conf_dir
+from backproplab.runtime import ConfigError, composition_error, conf_dir
 
 
 # an absolute path: Hydra would take a relative one for a Python package (backproplab.conf), which it is not
@@ -65,6 +65,12 @@ def train() -> None:
         if full_error:
             raise
         print(composition_error(e), file=sys.stderr)
+        sys.exit(2)
+    except ConfigError as e:  # a launcher's refusal (Slurm's, of the jobs it was asked for)
+        from backproplab.tracking.sweep import note_stop
+
+        note_stop(str(e))  # the sweep's parent run says why it stopped
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     finally:
         # A process holding torch, TF, Lightning and MLflow spends ~2 s in the interpreter's final garbage

@@ -15,6 +15,14 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+_stopped_because: str | None = None  # why the sweep stopped before its jobs had run, when the launcher said
+
+
+def note_stop(reason: str) -> None:
+    """Why the sweep stopped early (a launcher's refusal): the parent run's failure reason, when it is closed."""
+    global _stopped_because
+    _stopped_because = reason
+
 
 def swept_keys(config: DictConfig) -> list[str]:
     """The keys a multirun varies: its sweep overrides (``optim=sgd,adam``, ``optim.lr=range(...)``) and the
@@ -102,7 +110,7 @@ class MlflowSweepCallback(Callback):
     def _close_unended(self, client: Any) -> None:
         if not self.ended:
             self._children(client)  # a launcher that died with a killed job leaves that job's run RUNNING
-            reason = (
+            reason = _stopped_because or (
                 "the sweep stopped before all its jobs had run (continue_on_failure=false, Ctrl-C, SIGTERM, or a job"
                 " process killed under a parallel launcher)"
             )
