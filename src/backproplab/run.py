@@ -6,17 +6,17 @@ import logging
 import sys
 import threading
 import time
-from typing import NoReturn
+from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from backproplab import signals, threads
 from backproplab.config import ConfigError, declared, refuse_added_keys, validate
 from backproplab.problem import make_problem
-from backproplab.runtime import hydra_overrides, mask_hydra_outputs, mask_logs, sweep_dir
+from backproplab.runtime import hydra_overrides, job_dir, mask_hydra_outputs, mask_logs, sweep_dir
+from backproplab.slurm import job as slurm_job
 from backproplab.steps import Diverged
-from backproplab.tracking import TrackingError, make_tracker, record_refusal
+from backproplab.tracking import TrackingError, amend_reason, make_tracker, record_refusal
 from backproplab.trainers import registry
 
 log = logging.getLogger("backproplab")
@@ -31,18 +31,20 @@ def main(cfg: DictConfig) -> float:
     optuna 2.10) so that the other jobs go on; the sweep callback then reports it.
     """
     mask_logs()  # credentials in a tracking URI never reach a log line or Hydra's own files
-    if HydraConfig.initialized():
-        mask_hydra_outputs(HydraConfig.get().runtime.output_dir, *([sweep_dir()] if sweep_dir() else []))
+    if folder := job_dir():
+        mask_hydra_outputs(folder, *([sweep_dir()] if sweep_dir() else []))
     # signal handlers can only be set from the main thread (not so in a threaded launcher)
     in_main = threading.current_thread() is threading.main_thread()
-    restore = signals.install() if in_main else None
+    restore = signals.install(slurm_job.warning_signal()) if in_main else None
     try:
         return train(cfg)
+    except signals.Requeue as e:
+        return requeue(cfg, e)
     except KeyboardInterrupt as e:
-        interrupted(e)
+        return interrupted(e)
     except Exception as e:
         if (interrupt := signals.received()) is not None:  # the interrupt came out of a library as another error
-            interrupted(interrupt)
+            return interrupted(interrupt)
         in_sweep = sweep_dir() is not None and cfg.get("continue_on_failure", True)
         if not isinstance(e, EXPECTED) and not in_sweep:
             raise  # a bug: Hydra shows it with its traceback
@@ -60,14 +62,32 @@ def main(cfg: DictConfig) -> float:
             restore()
 
 
-def interrupted(e: KeyboardInterrupt) -> NoReturn:
-    """Ctrl-C (exit 130) or SIGTERM (143): one line, the run already marked KILLED by its record."""
+def interrupted(e: KeyboardInterrupt) -> float:
+    """Ctrl-C (exit 130) or SIGTERM (143): one line, the run already marked KILLED by its record.
+
+    A Slurm job that is cancelled or meets its time limit returns instead, as a failed job does (+inf): its result
+    reaches the launcher, and the sweep goes on and names the KILLED run. One that Slurm is requeueing exits with no
+    result: the launcher waits for the restarted job, which resumes into the run."""
     code = 143 if isinstance(e, signals.Terminated) else 130
     if notes := getattr(e, "__notes__", None):  # the server was away: the record is in the spool
         print(f"interrupted: run marked KILLED (exit {code}); {notes[0]}", file=sys.stderr)
     else:
         print(f"interrupted: metrics so far are recorded, run marked KILLED (exit {code})", file=sys.stderr)
+    if slurm_job.active() and sweep_dir() and not slurm_job.being_requeued():
+        return float("inf")
     sys.exit(code)
+
+
+def requeue(cfg: DictConfig, e: signals.Requeue) -> float:
+    """The time-limit warning, acted on: the checkpoint is saved and the run closed; submitit requeues the job
+    (and exits this process), unless it will not (too many time-outs): then the run stays KILLED, and says why."""
+    try:
+        signals.hand_over()
+    except Exception as refused:  # submitit's UncompletedJobError, with its reason
+        reason = f"not requeued: {refused}"
+        print(f"error: Slurm's time-limit warning: the job was {reason}", file=sys.stderr, flush=True)
+        amend_reason(cfg, getattr(e, "run_id", None), f"{signals.describe(e, True)}; but {reason}")
+    return float("inf")
 
 
 def train(cfg: DictConfig) -> float:
@@ -81,14 +101,22 @@ def train(cfg: DictConfig) -> float:
             cfg.data.module = declared("data", cfg.data.name).get("module")
     refuse_added_keys(cfg, hydra_overrides())
     validate(cfg)
+    resumed = slurm_job.resumed_run(job_dir())  # Slurm restarted this job: it goes on in the run it started
+    if resumed:
+        with open_dict(cfg):
+            cfg.trainer.threads = resumed["threads"]  # the count the run's first steps were computed with
     # auto -> a count, before the record opens: the params say what ran, and a tag that it was auto
-    auto_keys = ["trainer.threads"] if threads.is_auto(cfg) else []
+    auto_keys = resumed["auto_keys"] if resumed else ["trainer.threads"] if threads.is_auto(cfg) else []
     count = threads.resolve(cfg)
     with open_dict(cfg):
         cfg.trainer.checkpoint_dir = checkpoint_dir(cfg)
         if cfg.data.dtype == "float64" and str(cfg.trainer.precision) in ("32-true", "32"):
             cfg.trainer.precision = "64-true"  # float64 data trains in float64: the record says so
-    with make_tracker(cfg, auto_keys) as rec:  # opened before the heavy imports: a bad store fails in seconds
+        if resumed and cfg.trainer.checkpoint_dir and (Path(cfg.trainer.checkpoint_dir) / "last.ckpt").is_file():
+            cfg.ckpt_path = str(Path(cfg.trainer.checkpoint_dir) / "last.ckpt")  # its latest checkpoint
+    # opened before the heavy imports: a bad store fails in seconds
+    with make_tracker(cfg, auto_keys, resume=resumed and resumed["run_id"]) as rec:
+        slurm_job.note_run(job_dir(), rec.run_id, count, auto_keys)
         train_fn = registry.get_train(cfg.trainer.name)  # the trainer's own imports (torch, TF, ...) happen here
         threads.use(count)  # in every framework those imports loaded
         problem = make_problem(cfg)
@@ -111,8 +139,6 @@ def checkpoint_dir(cfg: DictConfig) -> str | None:
         return cfg.trainer.get("checkpoint_dir")
     if cfg.trainer.get("checkpoint_dir"):
         return str(cfg.trainer.checkpoint_dir)
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return f"{HydraConfig.get().runtime.output_dir}/checkpoints"
+    if folder := job_dir():
+        return f"{folder}/checkpoints"
     return None  # compose-API callers (verify, bench): no checkpoints unless asked for

@@ -47,6 +47,12 @@ def sweep_dir() -> str | None:
         return str(Path(HydraConfig.get().sweep.dir).resolve())
     return None
 
+def job_dir() -> str | None:
+    """This job's Hydra output dir (``outputs/<date>/<time>``, or its folder of a multirun), None without Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return str(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(  # the commit of the code that runs, wherever it was launched from

@@ -11,7 +11,7 @@
 Nothing here imports a trainer, and no trainer imports this (they speak backproplab.steps).
 """
 
-from backproplab.tracking.run import make_tracker, record_refusal
+from backproplab.tracking.run import amend_reason, make_tracker, record_refusal
 from backproplab.tracking.store import TrackingError, open_store
 
-__all__ = ["TrackingError", "make_tracker", "open_store", "record_refusal"]
+__all__ = ["TrackingError", "amend_reason", "make_tracker", "open_store", "record_refusal"]

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from backproplab import signals
 from backproplab.runtime import git_commit, hydra_overrides, is_rank_zero, mask_secrets, sweep_dir
+from backproplab.slurm import job as slurm_job
 from backproplab.steps import Recorder
 from backproplab.tracking import names
 from backproplab.tracking.figures import fit_plot, loss_curve
@@ -30,6 +31,8 @@ from backproplab.tracking.store import (
     AUTO_TAG,
     OPEN_TAG,
     PARENT_TAG,
+    RESTARTS_TAG,
+    SLURM_TAG,
     SWEPT_TAG,
     TrackingError,
     chosen_uri,
@@ -72,10 +75,13 @@ class MlflowTracker(Recorder):
     """One MLflow run: opened on enter, closed with the right status on exit. Every write after the opening is
     an operation (``tracking.spool``): applied at once, or, while the server is away, kept in a spool."""
 
-    def __init__(self, cfg: DictConfig, auto_keys: Sequence[str] = ()):
+    def __init__(self, cfg: DictConfig, auto_keys: Sequence[str] = (), resume: str | None = None):
         super().__init__(cfg.trainer.get("divergence_factor"))
         self.cfg = cfg
         self.auto_keys = list(auto_keys)  # keys the run chose itself: tagged, so that a report labels them "auto"
+        self.resume = resume  # a run this (restarted Slurm) job goes on in, rather than a new one
+        self._logged_through = -1  # the last step a resumed run had logged: computed again, not logged twice
+        self._earlier = 0  # how many of self.losses a resumed run had before this process
         self.flush_every = int(cfg.logger.get("flush_every", 1000))
         self.flush_seconds = float(cfg.logger.get("flush_seconds", 5.0))
         self.server_timeout = float(cfg.logger.get("server_timeout", 60.0))
@@ -115,6 +121,8 @@ class MlflowTracker(Recorder):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
         if user_uri is not None:
             os.environ["MLFLOW_TRACKING_URI"] = user_uri
+        if self.resume:
+            return self._reopen(self.resume)
         c = self.cfg
         overrides = hydra_overrides()
         tags = {
@@ -133,6 +141,8 @@ class MlflowTracker(Recorder):
             tags[AUTO_TAG] = " ".join(self.auto_keys)
         if commit := git_commit():
             tags["mlflow.source.git.commit"] = commit
+        if slurm_job.active():
+            tags[SLURM_TAG] = slurm_job.job_id()
         parent = None
         if sweep := sweep_dir():
             parent = find_parent_run(self.client, exp_id, sweep)
@@ -160,6 +170,31 @@ class MlflowTracker(Recorder):
             raise  # Ctrl-C (held until the run was made, when it came during its creation)
         return self
 
+    def _reopen(self, run_id: str) -> MlflowTracker:
+        """Go on in the run this Slurm job started before it was requeued: its curve so far is read back (the
+        steps computed again are not logged twice), and it is RUNNING again until this job closes it."""
+        try:
+            self.run = send(self.client.get_run, run_id, timeout=self.server_timeout, server=self._server)
+            self.run_id, self.note = run_id, self.run.data.tags.get("mlflow.note.content", "")
+            history = send(self.client.get_metric_history, run_id, "train/loss", timeout=self.server_timeout,
+                           server=self._server)
+            for metric in sorted(history, key=lambda m: m.step):
+                self.steps.append(metric.step)
+                self.losses.append(metric.value)
+            self._logged_through, self._earlier = (self.steps[-1] if self.steps else -1), len(self.steps)
+            restarts = {SLURM_TAG: slurm_job.job_id(), RESTARTS_TAG: str(slurm_job.restarts())}
+            send(apply, self.client, run_id, {"op": "tags", "tags": restarts}, timeout=self.server_timeout,
+                 server=self._server)
+            if "failure_reason" in self.run.data.tags:  # why it stopped before: over once it goes on
+                send(self.client.delete_tag, run_id, "failure_reason", timeout=self.server_timeout,
+                     server=self._server)
+            send(self.client.update_run, run_id, "RUNNING", timeout=self.server_timeout, server=self._server)
+        except Exception as e:
+            raise TrackingError(f"cannot reopen run {run_id} to resume it: {mask_secrets(str(e))[:300]}") from None
+        log.info("resuming run %s after %d logged steps (Slurm restart %d)", run_id, self._earlier,
+                 slurm_job.restarts())
+        return self
+
     def _create_run(self, exp_id: str, name: str, tags: dict[str, str]) -> None:
         """Sets ``self.run``, created once (so that a Ctrl-C held during the create finds it). The client, not
         mlflow.start_run: no process-wide active run, which MLflow would end at exit. A create that timed out may
@@ -174,8 +209,10 @@ class MlflowTracker(Recorder):
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
         # an interrupt dropped by a finalizer, or turned into another error by a library, is still the interrupt
-        interrupt = exc if isinstance(exc, KeyboardInterrupt) else signals.received()
+        interrupt = exc if isinstance(exc, (KeyboardInterrupt, signals.Requeue)) else signals.received()
         error = exc if interrupt is None else None
+        if isinstance(exc, signals.Requeue):
+            exc.run_id = self.run_id  # type: ignore[attr-defined]  # for a requeue that submitit then declines
         if interrupt:
             self._hurry()
         try:
@@ -197,6 +234,10 @@ class MlflowTracker(Recorder):
                 if error is not None:
                     reason = mask_secrets(str(error))[:5000] or type(error).__name__
                     self._write({"op": "tags", "tags": {"failure_reason": reason}})
+                elif interrupt is not None:
+                    t = self.cfg.trainer
+                    why = signals.describe(interrupt, bool(t.get("checkpoint_dir") and t.get("checkpoint_every")))
+                    self._write({"op": "tags", "tags": {"failure_reason": why}})
                 self._write({"op": "end", "status": status})
         finally:
             if self._files is not None:
@@ -276,6 +317,9 @@ class MlflowTracker(Recorder):
 
     # -- per step --------------------------------------------------------------------------------
     def on_step(self, step: int, loss: float) -> None:
+        if step <= self._logged_through:  # a resumed run's step again, from a checkpoint before its last log
+            signals.check()
+            return
         super().on_step(step, loss)
         self._pending.append(("train/loss", self.losses[-1], int(time.time() * 1000), step))
         # a database write costs ~20 ms, a whole tutorial step ~0.5 ms: write in batches, by count or by age
@@ -304,7 +348,7 @@ class MlflowTracker(Recorder):
     # -- at the end ------------------------------------------------------------------------------
     def finish(self, result: Any, problem: Any) -> None:
         self.flush()
-        steps = len(self.losses)
+        steps = len(self.losses) - self._earlier  # the steps this process trained (a resumed run: after its restart)
         final = {
             "final_loss": self.losses[-1],
             "time/total_s": time.perf_counter() - self._t0,
@@ -361,9 +405,20 @@ def record_refusal(cfg: DictConfig, error: Exception) -> None:
     with contextlib.suppress(Exception), MlflowTracker(cfg):
         raise error
 
-def make_tracker(cfg: DictConfig, auto_keys: Sequence[str] = ()) -> Recorder:
+def amend_reason(cfg: DictConfig, run_id: str | None, reason: str) -> None:
+    """Say on a closed run why it stopped, when that was learnt after it closed (a requeue that was declined)."""
+    if cfg.logger.name != "mlflow" or not run_id:
+        return
+    with contextlib.suppress(Exception):
+        client, _ = open_store(cfg.logger)
+        send(client.set_tag, run_id, "failure_reason", reason, timeout=float(cfg.logger.get("server_timeout", 60)),
+             server=client.tracking_uri.startswith(("http://", "https://")))
+
+
+def make_tracker(cfg: DictConfig, auto_keys: Sequence[str] = (), resume: str | None = None) -> Recorder:
     """The run's record: MLflow (on rank 0), else the in-memory recorder. ``auto_keys``: the config keys the run
-    resolved from ``auto`` itself, whose params say what it chose."""
+    resolved from ``auto`` itself, whose params say what it chose; ``resume``: a run to go on in (a Slurm job's,
+    restarted)."""
     if cfg.logger.name == "mlflow" and is_rank_zero():
-        return MlflowTracker(cfg, auto_keys)
+        return MlflowTracker(cfg, auto_keys, resume)
     return Recorder(cfg.trainer.get("divergence_factor"))

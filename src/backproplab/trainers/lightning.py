@@ -24,6 +24,7 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from omegaconf import DictConfig
 
+from backproplab import signals
 from backproplab.models import export_weights, load_weights
 from backproplab.problem import Problem
 from backproplab.steps import CKPT_META, OnStep, Recorder, Result
@@ -36,6 +37,12 @@ warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).
 # With manual optimization a step's checkpoint holds the weights after that step's update: exactly the
 # state a resume from step K needs, so Lightning's warning about it does not apply here.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+# The "dataloader" only counts steps (the full batch lives in the module), so a checkpoint saved mid-"epoch" resumes
+# exactly (tests/test_reliability.py holds it bit for bit): Lightning's warning about resuming such a loader is moot.
+warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
+# Where Slurm is installed, Lightning advises every run that is not started with srun to be so. A run on a login
+# node is a local run here; a run sent to Slurm goes through hydra/launcher=slurm, which starts it with srun.
+warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
 
 
 class TutorialModule(L.LightningModule):
@@ -114,8 +121,9 @@ class StepReporter(L.Callback):
     process in ``trainer.callback_metrics``, where ``replay`` hands it to the recorder.
     """
 
-    def __init__(self, on_step: OnStep, divergence_factor: float | None = None):
+    def __init__(self, on_step: OnStep, divergence_factor: float | None = None, requeue_to: str | None = None):
         self.on_step: OnStep | None = on_step
+        self.requeue_to = requeue_to  # where to save the checkpoint that a requeued Slurm job resumes from
         self.grads0: dict[str, np.ndarray] = {}
         self.exception: BaseException | None = None
         self.worker = Recorder(divergence_factor)  # a spawned worker's curve and checks, until sent back
@@ -135,6 +143,9 @@ class StepReporter(L.Callback):
             self.on_step(step, loss)
         elif trainer.is_global_zero:
             self.worker.on_step(step, loss)
+        if self.requeue_to and signals.warned():  # Slurm's time-limit warning: save this step, then stop
+            trainer.save_checkpoint(self.requeue_to)
+            raise signals.Requeue(step)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.on_step is None and trainer.is_global_zero:
@@ -185,6 +196,18 @@ class Steps:
         return self.n
 
 
+def cluster_environment(strategy: str) -> list[Any]:
+    """Inside a Slurm job (srun), where the ranks come from: Slurm's tasks (``strategy=ddp``: one task per
+    device, which hydra/launcher=slurm asks for), or Lightning's own processes (``ddp_spawn``: one task spawns
+    them). Lightning's auto-requeue stays off: Slurm's time-limit warning is submitit's signal (USR2), acted on
+    at a step's end (``StepReporter``), not Lightning's (USR1)."""
+    from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    if not SLURMEnvironment.detect():
+        return []
+    return [LightningEnvironment()] if "spawn" in strategy else [SLURMEnvironment(auto_requeue=False)]
+
+
 def progress_bar(setting: Any) -> bool:
     return sys.stdout.isatty() if str(setting) == "auto" else bool(setting)
 
@@ -195,13 +218,14 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
     net = load_weights(instantiate(cfg.model.net).to(dtype), problem.weights)
     meta = {"model": cfg.model.name, "optim": cfg.optim.name}
     module = TutorialModule(net, instantiate(cfg.loss.criterion), instantiate(cfg.optim.optimizer), problem, meta)
-    reporter = StepReporter(on_step, cfg.trainer.get("divergence_factor"))
     t = cfg.trainer
+    checkpointing = bool(t.get("checkpoint_dir") and t.get("checkpoint_every"))
+    requeue_to = f"{t.checkpoint_dir}/last.ckpt" if checkpointing else None
+    reporter = StepReporter(on_step, t.get("divergence_factor"), requeue_to)
     callbacks: list[L.Callback] = [reporter]
     show_bar = progress_bar(t.get("progress_bar", "auto"))
     if show_bar:
         callbacks.append(LossBar(reporter, refresh_rate=max(1, t.max_steps // 100)))
-    checkpointing = bool(t.get("checkpoint_dir") and t.get("checkpoint_every"))
     if checkpointing:
         callbacks.append(
             ModelCheckpoint(
@@ -224,6 +248,7 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
         precision=t.precision,
         strategy=t.get("strategy", "auto"),
         num_nodes=t.get("num_nodes", 1),
+        plugins=cluster_environment(str(t.get("strategy", "auto"))),
         max_steps=t.max_steps,
         max_epochs=-1,
         logger=False,  # the run's record is written by backproplab.tracking, like every other trainer's
@@ -233,9 +258,12 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
         callbacks=callbacks,
         profiler=NoProfiler(),
     )
+    if trainer.world_size > 1:  # DDP: no requeue on Slurm's time-limit warning (signals.warning_ignored)
+        reporter.requeue_to = None
     start = time.perf_counter()
     try:
-        trainer.fit(module, train_dataloaders=Steps(t.max_steps), ckpt_path=cfg.get("ckpt_path"))
+        with signals.warning_ignored() if trainer.world_size > 1 else contextlib.nullcontext():
+            trainer.fit(module, train_dataloaders=Steps(t.max_steps), ckpt_path=cfg.get("ckpt_path"))
     except SystemExit:
         # Lightning turns Ctrl-C into sys.exit(1) after its graceful shutdown; hand the interrupt on so
         # that the run is recorded as KILLED, not FAILED.

@@ -1,0 +1,76 @@
+"""Inside a Slurm job that Hydra's submitit launcher started: which job, whether Slurm is requeueing it, and the
+note that lets a restarted job resume into the run it started. Plain Python: no submitit, no MLflow.
+
+A job is restarted by Slurm in two ways, and both resume into the same MLflow run:
+
+- after Slurm's time-limit warning (sbatch's ``--signal``, which the launcher sets), a trainer that keeps
+  checkpoints saves one at the end of its step and submitit requeues the job (``backproplab.run``);
+- an admin's (or a node failure's) ``scontrol requeue``: the job gets SIGTERM, its run is marked KILLED, and the
+  restarted job resumes from its last periodic checkpoint, or from step 0 for a trainer that keeps none.
+
+Either way the restarted job finds this job's note (``slurm_run.json`` in its Hydra output dir, written when its
+run opened) and reopens that run; the steps it computes again are not logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+NOTE = "slurm_run.json"
+
+
+def active() -> bool:
+    """This process is a task of a Slurm job started by Hydra's submitit launcher."""
+    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_JOB_ID" in os.environ
+
+
+def job_id() -> str:
+    """This job's id as squeue and scancel take it: ``<array>_<task>`` for a job of an array."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ["SLURM_JOB_ID"]
+
+
+def warning_signal() -> int | None:
+    """The signal Slurm sends before the time limit: the one submitit asks sbatch for (``--signal=USR2@<delay>``,
+    or ``SUBMITIT_PREEMPT_SIGNAL``), in a Slurm job; None elsewhere."""
+    if not active():
+        return None
+    return int(getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")))
+
+
+def restarts() -> int:
+    """How many times Slurm has started this job before (0 for its first start)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
+def being_requeued() -> bool:
+    """Slurm is requeueing this job (``scontrol requeue``) rather than ending it (``scancel``, the time limit):
+    its restart count is already one up while the SIGTERM is delivered."""
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", os.environ["SLURM_JOB_ID"]], capture_output=True,
+                             text=True, timeout=10).stdout
+    except (OSError, KeyError, subprocess.TimeoutExpired):
+        return False
+    fields = dict(item.split("=", 1) for item in out.split() if "=" in item)
+    return fields.get("Restarts", "0").isdigit() and int(fields["Restarts"]) > restarts()
+
+
+def note_run(folder: str | None, run_id: str | None, threads: int, auto_keys: list[str]) -> None:
+    """Note, in the job's output dir, the run this job records into (rank 0, once its run is open)."""
+    if active() and folder and run_id:
+        note = {"job": job_id(), "run_id": run_id, "threads": threads, "auto_keys": auto_keys}
+        (Path(folder) / NOTE).write_text(json.dumps(note))
+
+
+def resumed_run(folder: str | None) -> dict[str, Any] | None:
+    """The note of the run to resume, when Slurm has restarted this job and it had opened one; else None.
+    A note from another job (a reused output dir) is not this job's run."""
+    if not (active() and folder and restarts() > 0 and (Path(folder) / NOTE).is_file()):
+        return None
+    note = json.loads((Path(folder) / NOTE).read_text())
+    return note if note.get("job") == job_id() else None
