@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import REPO, TRAIN, Workspace, clean_env, wait_for
@@ -88,6 +89,16 @@ def start(ws: Workspace, cluster: dict[str, str], *overrides: str) -> subprocess
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**clean_env(), **cluster})
 
 
+def _reads(cmdline: Path, folder: str) -> bool:
+    """A job's Python process: submitit's entry point, in this test's sweep folder."""
+    try:
+        args = cmdline.read_bytes().split(b"\0")
+    except OSError:
+        return False
+    python = Path(args[0].decode()).name.startswith("python")  # not srun, whose command line holds the same
+    return python and b"submitit.core._submit" in args and any(folder.encode() in a for a in args)
+
+
 def job_of(run: object) -> str:
     return run.data.tags["backproplab.slurm_job"]  # type: ignore[attr-defined]
 
@@ -102,8 +113,8 @@ def test_a_newcomers_numpy_sweep_runs_as_one_job_array(ws: Workspace, cluster: d
     arrays = {job_of(r).split("_")[0] for r in runs.values()}
     assert len(arrays) == 1 and sorted(job_of(r).split("_")[1] for r in runs.values()) == ["0", "1"]
     assert next(ws.path.glob("multirun/*/*/report/report.md")).is_file()
-    # no accounting here: said once, and neither submitit's warnings nor sacct's errors reach the terminal
-    assert out.count("keeps no Slurm accounting") == 1 and "sacct error" not in out and "disabled" not in out
+    # no accounting here: neither submitit's warnings nor sacct's errors reach the terminal (states from squeue)
+    assert "sacct" not in out and "accounting storage is disabled" not in out
     assert out.count("a cluster wants a tracking server") == 1  # the sweep records into sqlite
     (script,) = ws.path.glob("multirun/*/*/.submitit/*/*_submission.sh")
     text = script.read_text()
@@ -248,3 +259,28 @@ def test_a_warned_job_that_submitit_will_not_requeue_says_why(ws: Workspace, clu
     assert run.info.status == "KILLED" and "saved a checkpoint at step" in reason, reason
     assert "not requeued" in reason and "timed-out too many times" in reason, reason
     assert "backproplab.slurm_restarts" not in run.data.tags
+
+
+def test_a_job_killed_outright_is_counted_failed_not_waited_for(ws: Workspace, cluster: dict[str, str]) -> None:
+    """SIGKILL leaves no result and no closed run (the case that made submitit wait for ever on a cluster without
+    accounting): once squeue calls the job over, the sweep counts it failed, closes its run and says where its log
+    is."""
+    proc = start(ws, cluster, "trainer=numpy", "optim.lr=1e-7", "trainer.max_steps=100000000",
+                 "logger.flush_seconds=0.2", "hydra.launcher.result_grace_s=3")
+    try:
+        def logging_run() -> object:
+            runs = ws.runs(children_only=True)
+            return runs[0] if runs and steps(ws, runs[0].info.run_id) else None
+
+        wait_for(proc, logging_run, "the job did not log", timeout=120)
+        # the job's Python process, killed as the kernel's OOM killer would (scancel would send SIGTERM first)
+        (pid,) = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline") if _reads(p, str(ws.path))]
+        os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and "1 failed" in out, out[-2000:] + err[-2000:]
+    assert "without a result; its log:" in out + err
+    (run,) = ws.runs(children_only=True)
+    assert run.info.status == "FAILED" and "process was killed" in run.data.tags["failure_reason"]
+    assert steps(ws, run.info.run_id)  # what it logged is kept

@@ -6,6 +6,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
@@ -15,7 +16,7 @@ from backproplab.config import ConfigError, declared, refuse_added_keys, validat
 from backproplab.problem import make_problem
 from backproplab.runtime import hydra_overrides, job_dir, mask_hydra_outputs, mask_logs, sweep_dir
 from backproplab.slurm import job as slurm_job
-from backproplab.steps import Diverged
+from backproplab.steps import Diverged, Recorder
 from backproplab.tracking import TrackingError, amend_reason, make_tracker, record_refusal
 from backproplab.trainers import registry
 
@@ -30,9 +31,7 @@ def main(cfg: DictConfig) -> float:
     (FAILED in MLflow) and returns +inf (the worst loss; a NaN breaks hydra-optuna-sweeper 1.3 with
     optuna 2.10) so that the other jobs go on; the sweep callback then reports it.
     """
-    mask_logs()  # credentials in a tracking URI never reach a log line or Hydra's own files
-    if folder := job_dir():
-        mask_hydra_outputs(folder, *([sweep_dir()] if sweep_dir() else []))
+    mask_secrets_of_this_job()
     # signal handlers can only be set from the main thread (not so in a threaded launcher)
     in_main = threading.current_thread() is threading.main_thread()
     restore = signals.install(slurm_job.warning_signal()) if in_main else None
@@ -45,6 +44,8 @@ def main(cfg: DictConfig) -> float:
     except Exception as e:
         if (interrupt := signals.received()) is not None:  # the interrupt came out of a library as another error
             return interrupted(interrupt)
+        if isinstance(e.__context__, signals.Requeue):  # a last write failed after the checkpoint: requeue anyway
+            return requeue(cfg, e.__context__)
         in_sweep = sweep_dir() is not None and cfg.get("continue_on_failure", True)
         if not isinstance(e, EXPECTED) and not in_sweep:
             raise  # a bug: Hydra shows it with its traceback
@@ -60,6 +61,13 @@ def main(cfg: DictConfig) -> float:
     finally:
         if restore is not None:
             restore()
+
+
+def mask_secrets_of_this_job() -> None:
+    """Credentials in a tracking URI never reach a log line or Hydra's own files."""
+    mask_logs()
+    if folder := job_dir():
+        mask_hydra_outputs(folder, *([sweep_dir()] if sweep_dir() else []))
 
 
 def interrupted(e: KeyboardInterrupt) -> float:
@@ -86,11 +94,13 @@ def requeue(cfg: DictConfig, e: signals.Requeue) -> float:
     except Exception as refused:  # submitit's UncompletedJobError, with its reason
         reason = f"not requeued: {refused}"
         print(f"error: Slurm's time-limit warning: the job was {reason}", file=sys.stderr, flush=True)
-        amend_reason(cfg, getattr(e, "run_id", None), f"{signals.describe(e, True)}; but {reason}")
+        amend_reason(cfg, e.run_id, f"{signals.describe(e, True)}; but {reason}")
     return float("inf")
 
 
-def train(cfg: DictConfig) -> float:
+def train(cfg: DictConfig, opened: Callable[[Recorder], None] | None = None) -> float:
+    """Validate, open the record, train, record; returns the final loss. ``opened`` is handed the record once it
+    is open (``backproplab.train`` reads the run from it, whatever happens next)."""
     if cfg.get("rerun"):
         from backproplab.tracking.rerun import rerun_config
 
@@ -102,6 +112,9 @@ def train(cfg: DictConfig) -> float:
     refuse_added_keys(cfg, hydra_overrides())
     validate(cfg)
     resumed = slurm_job.resumed_run(job_dir())  # Slurm restarted this job: it goes on in the run it started
+    if resumed and resumed.get("finished"):  # restarted after its run had ended FINISHED: nothing to do again
+        log.info("this Slurm job's run %s had FINISHED before the restart", resumed["run_id"])
+        return float(resumed["final_loss"])
     if resumed:
         with open_dict(cfg):
             cfg.trainer.threads = resumed["threads"]  # the count the run's first steps were computed with
@@ -114,9 +127,13 @@ def train(cfg: DictConfig) -> float:
             cfg.trainer.precision = "64-true"  # float64 data trains in float64: the record says so
         if resumed and cfg.trainer.checkpoint_dir and (Path(cfg.trainer.checkpoint_dir) / "last.ckpt").is_file():
             cfg.ckpt_path = str(Path(cfg.trainer.checkpoint_dir) / "last.ckpt")  # its latest checkpoint
+    if resumed and cfg.get("ckpt_path"):
+        validate(cfg)  # the checkpoint fits, and leaves steps to train
     # opened before the heavy imports: a bad store fails in seconds
     with make_tracker(cfg, auto_keys, resume=resumed and resumed["run_id"]) as rec:
         slurm_job.note_run(job_dir(), rec.run_id, count, auto_keys)
+        if opened is not None:
+            opened(rec)
         train_fn = registry.get_train(cfg.trainer.name)  # the trainer's own imports (torch, TF, ...) happen here
         threads.use(count)  # in every framework those imports loaded
         problem = make_problem(cfg)
@@ -130,6 +147,7 @@ def train(cfg: DictConfig) -> float:
             time.perf_counter() - t0, result.loop_s, count, "s" if count > 1 else "",
             f", mlflow run {rec.run_id}" if rec.run_id else "",
         )
+    slurm_job.note_finished(job_dir(), final)
     return final
 
 

@@ -36,9 +36,10 @@ class Requeue(BaseException):  # not an error: the run stops to go on in a reque
     """The time-limit warning, acted on at the end of ``step``: the trainer saved its checkpoint there, and the
     job is to be requeued to resume from it into the same run."""
 
-    def __init__(self, step: int):
+    def __init__(self, step: int) -> None:
         super().__init__(step)
         self.step = step
+        self.run_id: str | None = None  # the run it closed, set by the record (for a requeue that is declined)
 
 
 def _handler(signum: int, frame: object) -> None:

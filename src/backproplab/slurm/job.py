@@ -37,10 +37,11 @@ def job_id() -> str:
 
 def warning_signal() -> int | None:
     """The signal Slurm sends before the time limit: the one submitit asks sbatch for (``--signal=USR2@<delay>``,
-    or ``SUBMITIT_PREEMPT_SIGNAL``), in a Slurm job; None elsewhere."""
+    or ``SUBMITIT_PREEMPT_SIGNAL``), in a Slurm job; None elsewhere, and for SIGTERM or SIGINT, which stop a run."""
     if not active():
         return None
-    return int(getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")))
+    signum = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+    return None if signum in (None, signal.SIGTERM, signal.SIGINT) else int(signum)
 
 
 def restarts() -> int:
@@ -50,21 +51,34 @@ def restarts() -> int:
 
 def being_requeued() -> bool:
     """Slurm is requeueing this job (``scontrol requeue``) rather than ending it (``scancel``, the time limit):
-    its restart count is already one up while the SIGTERM is delivered."""
-    try:
-        out = subprocess.run(["scontrol", "show", "job", "-o", os.environ["SLURM_JOB_ID"]], capture_output=True,
-                             text=True, timeout=10).stdout
-    except (OSError, KeyError, subprocess.TimeoutExpired):
-        return False
-    fields = dict(item.split("=", 1) for item in out.split() if "=" in item)
-    return fields.get("Restarts", "0").isdigit() and int(fields["Restarts"]) > restarts()
+    its restart count is already one up while the SIGTERM is delivered (seen on Slurm 22.05). Asked twice before
+    answering no: a wrong no costs a result the sweep then counts, though the job comes back."""
+    for _ in range(2):
+        try:
+            out = subprocess.run(["scontrol", "show", "job", "-o", os.environ["SLURM_JOB_ID"]], capture_output=True,
+                                 text=True, timeout=10)
+        except (OSError, KeyError, subprocess.TimeoutExpired):
+            continue
+        fields = dict(item.split("=", 1) for item in out.stdout.split() if "=" in item)
+        if out.returncode == 0 and fields.get("Restarts", "").isdigit():
+            return int(fields["Restarts"]) > restarts() or fields.get("JobState") in ("REQUEUED", "PENDING")
+    return False
 
 
 def note_run(folder: str | None, run_id: str | None, threads: int, auto_keys: list[str]) -> None:
-    """Note, in the job's output dir, the run this job records into (rank 0, once its run is open)."""
-    if active() and folder and run_id:
+    """Note, in the job's output dir, the run this job records into (None with logger=none) and its thread count,
+    once its record is open: a restart of this job goes on from there."""
+    if active() and folder:
         note = {"job": job_id(), "run_id": run_id, "threads": threads, "auto_keys": auto_keys}
         (Path(folder) / NOTE).write_text(json.dumps(note))
+
+
+def note_finished(folder: str | None, final_loss: float) -> None:
+    """The job's run ended FINISHED: a restart of this job (Slurm's warning after its end, an admin's requeue of
+    a finished job) returns this loss rather than train again."""
+    path = Path(folder or "") / NOTE
+    if active() and folder and path.is_file():
+        path.write_text(json.dumps({**json.loads(path.read_text()), "finished": True, "final_loss": final_loss}))
 
 
 def resumed_run(folder: str | None) -> dict[str, Any] | None:

@@ -6,38 +6,41 @@ the wait for the jobs. Submitting and tracking jobs stays submitit's work; this 
   task per device where Slurm starts the ranks, ``strategy=ddp``; one task where Lightning spawns them).
 - **Refusals.** sbatch's "Requested node configuration is not available" and its kin become one line that names
   the ``hydra.launcher.*`` key to change, measured against the partition's nodes (``sinfo``).
-- **Waiting.** A cluster without accounting fails every ``sacct`` call: submitit then reads every job as UNKNOWN,
-  warns at each poll, and waits forever for a job that died before writing its result. Here sacct is tried once;
-  without it, a job is over when its result file is there or squeue says so. Ctrl-C (or SIGTERM) cancels the jobs
-  and waits, briefly, for them to close their runs as KILLED.
+- **Waiting.** A job is over when its result files are there, or when squeue has called it over (or forgotten
+  it) for a while without them: then it is counted as failed, and the sweep names it. sacct is never asked: on a
+  cluster without accounting it fails at every call, and submitit then reads every job as UNKNOWN and waits for
+  ever on one that died. Ctrl-C (or SIGTERM) cancels the jobs and waits, briefly, for them to close their runs
+  as KILLED.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import re
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from backproplab import signals
 from backproplab.runtime import ConfigError
 
 log = logging.getLogger("backproplab")
 AUTO = ("nodes", "tasks_per_node", "gpus_per_node")  # the launcher keys that may be "auto"
+# states of a job that is not over (Slurm may still run or restart it); any other state, or none, is over
 RUNNING = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
-           "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "PREEMPTED"}  # states of a job that is not over
+           "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD", "SPECIAL_EXIT", "STOPPED"}
 # why a job pends, when it can never start as asked (squeue's %r): a cluster whose EnforcePartLimits is NO (the
 # default) takes such a job and keeps it pending; one with ALL refuses it at sbatch, in the same words as below
 NEVER = re.compile(r"^(PartitionConfig|PartitionNodeLimit|PartitionTimeLimit|BadConstraints|InvalidAccount|InvalidQOS"
                    r"|(QOS|Assoc)Max\w*PerJob\w*)$")
-GRACE_S = 20.0  # how long a job Slurm says is over may take to show its result file (a network filesystem)
 CANCEL_WAIT_S = 60.0  # after Ctrl-C: how long to wait for the cancelled jobs to close their runs
 
 
@@ -48,7 +51,8 @@ def request(params: dict[str, Any], job: DictConfig) -> dict[str, Any]:
     t = job.trainer
     devices = t.get("devices", 1)
     count = devices if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0 else None
-    spawn = "spawn" in str(t.get("strategy") or "")
+    # Lightning starts the ranks itself with ddp_spawn, ddp_fork, ddp_notebook: one Slurm task holds them
+    spawn = any(word in str(t.get("strategy") or "") for word in ("spawn", "fork", "notebook"))
     gpu = str(t.get("accelerator")) in ("gpu", "cuda")
     derived = {
         "nodes": t.get("num_nodes", 1),
@@ -76,7 +80,7 @@ def request(params: dict[str, Any], job: DictConfig) -> dict[str, Any]:
 def executor_parameters(params: dict[str, Any], asked: dict[str, Any], base_keys: Sequence[str]) -> dict[str, Any]:
     """The launcher's keys as submitit's executor takes them: its shared keys as they are, the others as
     ``slurm_<key>`` (as Hydra's submitit launcher passes them), with this request's counts."""
-    init_keys = ("submitit_folder", "max_num_timeout")
+    init_keys = ("submitit_folder", "max_num_timeout", "result_grace_s")  # the last is this launcher's own
     merged = {**params, **asked}
     return {k if k in base_keys else f"slurm_{k}": v for k, v in merged.items() if k not in init_keys}
 
@@ -100,6 +104,16 @@ def _gpus(gres: str) -> int:
     return total
 
 
+def node_limits(partition: str | None) -> list[tuple[int, int, int]]:
+    """(CPUs, memory in MB, GPUs) of each node of the partition (of the cluster without one), as sinfo says."""
+    nodes = {}
+    for line in _sinfo("-N", "-o", "%N|%c|%m|%G", *(["-p", partition] if partition else [])):
+        name, cpus, mem, gres = (line.split("|") + ["", "", ""])[:4]
+        with contextlib.suppress(ValueError):
+            nodes[name] = (int(cpus), int(mem), _gpus(gres))  # a node in several partitions is listed once each
+    return list(nodes.values())
+
+
 def sbatch_said(error: str) -> str:
     """sbatch's reason, from its error output."""
     said = [line for line in error.splitlines() if "error" in line.lower()] or error.splitlines() or ["(no message)"]
@@ -118,10 +132,10 @@ def refusal(why: str, params: dict[str, Any], asked: dict[str, Any]) -> str:
             return f"{head}: hydra.launcher.partition={partition} is not a partition of this cluster; {listing}"
         return f"{head}: set hydra.launcher.partition (this cluster has no default partition); {listing}"
     where = f"partition {partition}" if partition else "this cluster"
-    limits = _sinfo("-N", "-o", "%c|%m|%G", *(["-p", partition] if partition else []))
-    cpus = max((int(line.split("|")[0]) for line in limits), default=None)
-    mem_mb = max((int(line.split("|")[1]) for line in limits), default=None)
-    gpus = max((_gpus(line.split("|")[2]) for line in limits), default=0)
+    limits = node_limits(partition)
+    cpus = max((n[0] for n in limits), default=None)
+    mem_mb = max((n[1] for n in limits), default=None)
+    gpus = max((n[2] for n in limits), default=0)
     merged = {**params, **asked}
     keys = []
     if merged["gpus_per_node"] and merged["gpus_per_node"] > gpus:
@@ -162,108 +176,117 @@ def refused_in_one_line(params: dict[str, Any], asked: dict[str, Any]) -> Iterat
 
 
 # -- waiting ---------------------------------------------------------------------------------------------------
-def accounting(job: Any) -> bool:
-    """Whether this cluster keeps accounting (``sacct`` answers). Without it submitit reads every job as UNKNOWN,
-    and each of its sacct calls prints an error; job states then come from squeue alone."""
-    try:
-        done = subprocess.run(["sacct", "-n", "-j", job.job_id.split("_")[0]], capture_output=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
-
-
-def _has_result(job: Any) -> bool:
+def has_result(job: Any) -> bool:
+    """Every task of the job wrote its result file. Touching the folder first refreshes a network filesystem's
+    cache of it, as submitit does."""
+    folder = job.paths.folder
+    with contextlib.suppress(OSError):
+        folder.chmod(folder.stat().st_mode)
     return all(job.task(i).paths.result_pickle.exists() for i in range(job.num_tasks))
 
 
-def squeue_states(jobs: Sequence[Any]) -> dict[str, tuple[str, str]]:
-    """(state, reason) of each job squeue still knows, by job id (``123_4``): the jobs of an array one by one."""
+def squeue_states(jobs: Sequence[Any]) -> dict[str, tuple[str, str]] | None:
+    """(state, reason) of each job squeue still knows, by job id (``123_4``: the jobs of an array one by one), or
+    None when squeue did not answer (slurmctld restarting): nothing can be said of any job then."""
     ids = sorted({job.job_id.split("_")[0] for job in jobs})
     try:
         out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(ids)],
                              capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
-        return {}
-    rows = (line.split("|") for line in out.stdout.split() if line.count("|") == 2)
+        return None
+    if out.returncode != 0:
+        return None
+    rows = (line.split("|", 2) for line in out.stdout.splitlines() if line.count("|") >= 2)
     return {job: (state, reason) for job, state, reason in rows}
 
 
 class Ended:
     """A job that Slurm ended without a result (killed before it could write one, a node lost, out of memory)."""
 
-    def __init__(self, job: Any, state: str, detail: str = ""):
-        self.job, self.state, self.detail = job, state, detail
+    def __init__(self, job: Any, state: str) -> None:
+        self.job, self.state = job, state
 
     def __str__(self) -> str:
-        return (f"Slurm job {self.job.job_id} ended {self.state} without a result{self.detail}; its log: "
-                f"{self.job.paths.stderr}")
+        return f"Slurm job {self.job.job_id} ended {self.state} without a result; its log: {self.job.paths.stderr}"
 
 
 def _outcome(job: Any) -> Any:
-    """The job's result (Hydra's JobReturn), or Ended when it has none."""
+    """The job's result (Hydra's JobReturn), or Ended when the job raised outside the run's own handling."""
     from submitit.core.utils import UncompletedJobError
 
     try:
         return job.results()[0]
-    except UncompletedJobError as e:  # FailedJobError too: the job raised outside the run's own handling
+    except UncompletedJobError as e:  # FailedJobError: its traceback is in its log
         lines = [line for line in str(e).splitlines() if line.strip() and not line.startswith(("-", " "))]
-        return Ended(job, job.state, f" ({lines[-1][:300]})" if lines else "")
+        return Ended(job, f"with an error ({lines[-1][:300]})" if lines else "with an error")
 
 
-def wait(jobs: Sequence[Any], refused: Any = None, poll_s: float = 1.0) -> list[Any]:
-    """Each job's outcome, in order, once every job is over. squeue is asked at a slowing pace (2 s, then up to
-    every 30 s) for jobs that ended without a result, and for jobs that pend for a reason that never passes: then
-    the jobs are cancelled and ``refused(reason)``, the one line, is raised as a ConfigError. Ctrl-C / SIGTERM: the
-    jobs are cancelled, then the interrupt goes on."""
+def wait(jobs: Sequence[Any], refused: Callable[[int, str], str], grace_s: float, poll_s: float = 1.0) -> list[Any]:
+    """Each job's outcome, in order, once every job is over: its result, or Ended when squeue has called it over
+    (or forgotten it) for ``grace_s`` (hydra.launcher.result_grace_s) with no result. squeue is asked at a
+    slowing pace, from every 2 s to every 30 s. A job that pends for a reason that never passes cancels them all
+    and raises ``refused(index, why)`` as a ConfigError. Job states come from squeue and the result files alone:
+    sacct fails on clusters without accounting (submitit would then read every job as UNKNOWN and wait for ever
+    on one that died)."""
     outcomes: dict[int, Any] = {}
     over_since: dict[int, float] = {}  # jobs squeue calls over, since when, while their result is not there
     start = asked = time.monotonic()
-    restore = signals.install()
-    try:
-        finished = (lambda job: job.done()) if accounting(jobs[0]) else _has_result
-        if finished is _has_result:
-            log.warning("this cluster keeps no Slurm accounting (sacct fails): job states are read from squeue")
-        while len(outcomes) < len(jobs):
+    while len(outcomes) < len(jobs):
+        for i, job in enumerate(jobs):
+            if i not in outcomes and has_result(job):
+                outcomes[i] = _outcome(job)
+        now = time.monotonic()
+        if len(outcomes) < len(jobs) and now - asked >= min(30.0, max(2.0, (now - start) / 4)):
+            asked, states = now, squeue_states([j for i, j in enumerate(jobs) if i not in outcomes])
             for i, job in enumerate(jobs):
-                if i not in outcomes and finished(job):
-                    outcomes[i] = _outcome(job)
-            now = time.monotonic()
-            if len(outcomes) < len(jobs) and now - asked >= min(30.0, max(2.0, (now - start) / 4)):
-                asked, states = now, squeue_states([j for i, j in enumerate(jobs) if i not in outcomes])
-                for i, job in enumerate(jobs):
-                    state, reason = states.get(job.job_id, ("(no longer in squeue)", ""))
-                    if i in outcomes:
-                        continue
-                    if state == "PENDING" and NEVER.match(reason):
-                        cancel(jobs, quiet=True)
-                        raise ConfigError(refused(i, f"they would pend for good: squeue's reason {reason}"))
-                    if state in RUNNING:
-                        over_since.pop(i, None)
-                    elif now - over_since.setdefault(i, now) > GRACE_S and not finished(job):
-                        outcomes[i] = Ended(job, state)
-            time.sleep(poll_s)
-    except KeyboardInterrupt:
-        cancel([j for i, j in enumerate(jobs) if i not in outcomes])
-        raise
-    finally:
-        restore()
+                if i in outcomes or states is None:
+                    continue
+                state, reason = states.get(job.job_id, ("(no longer in squeue)", ""))
+                if state == "PENDING" and NEVER.match(reason):
+                    cancel(jobs, quiet=True)
+                    raise ConfigError(refused(i, f"they would pend for good: squeue's reason {reason}"))
+                if state in RUNNING:
+                    over_since.pop(i, None)
+                elif now - over_since.setdefault(i, now) > grace_s and not has_result(job):
+                    outcomes[i] = Ended(job, state)
+        time.sleep(poll_s)
     return [outcomes[i] for i in range(len(jobs))]
 
 
 def cancel(jobs: Sequence[Any], quiet: bool = False) -> None:
     """scancel the jobs (a whole array at once), then wait, at most ``CANCEL_WAIT_S``, until they are gone: each
-    closes its run as KILLED on the SIGTERM that scancel sends."""
+    closes its run as KILLED on the SIGTERM that scancel sends. A second Ctrl-C meanwhile is not heard: the jobs
+    must be cancelled, and scancel runs in a session of its own, out of the terminal's reach."""
     arrays = sorted({job.job_id.split("_")[0] for job in jobs})
     if not arrays:
         return
     if not quiet:
         print(f"[backproplab] cancelling the sweep's Slurm jobs ({', '.join(arrays)}), which mark their runs KILLED",
               file=sys.stderr, flush=True)
-    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        subprocess.run(["scancel", *arrays], timeout=60, check=False)
-    deadline = time.monotonic() + CANCEL_WAIT_S
-    while time.monotonic() < deadline and {state for state, _ in squeue_states(jobs).values()} & RUNNING:
-        time.sleep(1)
+    before = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(["scancel", *arrays], timeout=60, check=False, start_new_session=True)
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while time.monotonic() < deadline:
+            states = squeue_states(jobs)
+            if states is not None and not {state for state, _ in states.values()} & RUNNING:
+                break
+            time.sleep(1)
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def note_ended(folder: Path, why: str) -> None:
+    """A job that ended without a result and never opened its run (no note of one in its output dir): a FAILED
+    marker with why, which the sweep's summary counts as it counts logger=none's failed jobs."""
+    from backproplab.slurm.job import NOTE
+
+    note = json.loads((folder / NOTE).read_text()) if (folder / NOTE).is_file() else {}
+    if not note.get("run_id"):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "FAILED").write_text(why + "\n")
 
 
 # -- the store ---------------------------------------------------------------------------------------------------

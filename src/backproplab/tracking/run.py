@@ -82,6 +82,7 @@ class MlflowTracker(Recorder):
         self.resume = resume  # a run this (restarted Slurm) job goes on in, rather than a new one
         self._logged_through = -1  # the last step a resumed run had logged: computed again, not logged twice
         self._earlier = 0  # how many of self.losses a resumed run had before this process
+        self._computed = 0  # steps this process computed
         self.flush_every = int(cfg.logger.get("flush_every", 1000))
         self.flush_seconds = float(cfg.logger.get("flush_seconds", 5.0))
         self.server_timeout = float(cfg.logger.get("server_timeout", 60.0))
@@ -189,8 +190,12 @@ class MlflowTracker(Recorder):
                 send(self.client.delete_tag, run_id, "failure_reason", timeout=self.server_timeout,
                      server=self._server)
             send(self.client.update_run, run_id, "RUNNING", timeout=self.server_timeout, server=self._server)
-        except Exception as e:
-            raise TrackingError(f"cannot reopen run {run_id} to resume it: {mask_secrets(str(e))[:300]}") from None
+        except BaseException as e:  # it must not stay RUNNING with no job behind it
+            with contextlib.suppress(Exception):
+                send(self.client.set_terminated, run_id, "KILLED", timeout=5, server=self._server)
+            if isinstance(e, Exception):
+                raise TrackingError(f"cannot reopen run {run_id} to resume it: {mask_secrets(str(e))[:300]}") from None
+            raise
         log.info("resuming run %s after %d logged steps (Slurm restart %d)", run_id, self._earlier,
                  slurm_job.restarts())
         return self
@@ -212,15 +217,17 @@ class MlflowTracker(Recorder):
         interrupt = exc if isinstance(exc, (KeyboardInterrupt, signals.Requeue)) else signals.received()
         error = exc if interrupt is None else None
         if isinstance(exc, signals.Requeue):
-            exc.run_id = self.run_id  # type: ignore[attr-defined]  # for a requeue that submitit then declines
+            exc.run_id = self.run_id  # for a requeue that submitit then declines
         if interrupt:
             self._hurry()
         try:
             try:
                 self.flush()
                 ckpts = self.cfg.trainer.get("checkpoint_dir")
-                if ckpts and Path(ckpts).is_dir() and any(Path(ckpts).iterdir()):
-                    # also after a failure: they allow a resume
+                # also after a failure: they allow a resume; not before a requeue, which must be quick (the time
+                # limit is near) and whose restart logs them at its end
+                requeue = isinstance(interrupt, signals.Requeue)
+                if ckpts and not requeue and Path(ckpts).is_dir() and any(Path(ckpts).iterdir()):
                     self._write({"op": "folder", "path": str(Path(ckpts).resolve()), "dir": "checkpoints"})
             except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM during these last writes
                 interrupt = interrupt or e
@@ -317,6 +324,7 @@ class MlflowTracker(Recorder):
 
     # -- per step --------------------------------------------------------------------------------
     def on_step(self, step: int, loss: float) -> None:
+        self._computed += 1  # this process's steps, for its step time (a resumed run's repeated ones too)
         if step <= self._logged_through:  # a resumed run's step again, from a checkpoint before its last log
             signals.check()
             return
@@ -348,7 +356,7 @@ class MlflowTracker(Recorder):
     # -- at the end ------------------------------------------------------------------------------
     def finish(self, result: Any, problem: Any) -> None:
         self.flush()
-        steps = len(self.losses) - self._earlier  # the steps this process trained (a resumed run: after its restart)
+        steps = self._computed  # the steps this process trained (a resumed run: those since its restart)
         final = {
             "final_loss": self.losses[-1],
             "time/total_s": time.perf_counter() - self._t0,

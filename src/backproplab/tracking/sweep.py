@@ -161,6 +161,9 @@ class MlflowSweepCallback(Callback):
             counts[status] = counts.get(status, 0) + 1
             if status != "FINISHED":  # job logs may be in files (submitit, joblib): say why here
                 print(f"[backproplab] {status} {run.info.run_name} ({run.info.run_id[:8]}): {reason}", flush=True)
+        for marker in sorted(Path(config.hydra.sweep.dir).glob("*/FAILED")):  # a job that died before its run
+            counts["FAILED"] = counts.get("FAILED", 0) + 1
+            print(f"[backproplab] FAILED job {marker.parent.name}: {marker.read_text().strip()}", flush=True)
         failed = counts.get("FAILED", 0) + counts.get("KILLED", 0)
         fail_sweep = bool(failed) and config.get("fail_sweep_on_job_failure", True)
         client.set_terminated(self.parent_id, "FAILED" if fail_sweep else "FINISHED")

@@ -205,7 +205,8 @@ def cluster_environment(strategy: str) -> list[Any]:
 
     if not SLURMEnvironment.detect():
         return []
-    return [LightningEnvironment()] if "spawn" in strategy else [SLURMEnvironment(auto_requeue=False)]
+    spawns = any(word in strategy for word in ("spawn", "fork", "notebook"))  # ddp_spawn, ddp_fork, ddp_notebook
+    return [LightningEnvironment()] if spawns else [SLURMEnvironment(auto_requeue=False)]
 
 
 def progress_bar(setting: Any) -> bool:
@@ -258,11 +259,14 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
         callbacks=callbacks,
         profiler=NoProfiler(),
     )
-    if trainer.world_size > 1:  # DDP: no requeue on Slurm's time-limit warning (signals.warning_ignored)
+    # DDP, or any processes Lightning starts itself (ddp_spawn even on one device): no requeue on Slurm's time-limit
+    # warning, which those processes ignore (signals.warning_ignored)
+    several = trainer.world_size > 1 or isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
+    if several:
         reporter.requeue_to = None
     start = time.perf_counter()
     try:
-        with signals.warning_ignored() if trainer.world_size > 1 else contextlib.nullcontext():
+        with signals.warning_ignored() if several else contextlib.nullcontext():
             trainer.fit(module, train_dataloaders=Steps(t.max_steps), ckpt_path=cfg.get("ckpt_path"))
     except SystemExit:
         # Lightning turns Ctrl-C into sys.exit(1) after its graceful shutdown; hand the interrupt on so

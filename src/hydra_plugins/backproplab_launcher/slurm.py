@@ -21,7 +21,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +34,18 @@ class SlurmConf(SlurmQueueConf):
     nodes: Any = "auto"
     tasks_per_node: Any = "auto"
     gpus_per_node: Any = "auto"
+    # how long a job that Slurm calls over may take to show its result file (a network filesystem's cache) before
+    # it is counted as failed
+    result_grace_s: float = 60.0
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="slurm_schema", node=SlurmConf, provider="backproplab")
 
 
 class SlurmLauncher(SubmititSlurmLauncher):
+    """submitit's Slurm launcher, deciding each job's request from its trainer, refusing what the cluster cannot
+    meet in one line, and waiting on squeue (``backproplab.slurm.submit``)."""
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import submitit
 
@@ -52,37 +58,50 @@ class SlurmLauncher(SubmititSlurmLauncher):
         log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
         # one array per distinct request: a sweep over trainer.devices asks for different GPUs per job
         groups: dict[tuple, list[int]] = defaultdict(list)
+        folders = {}
         for i, overrides in enumerate(job_overrides):
             job = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             groups[tuple(submit.request(self.params, job).items())].append(i)
+            with open_dict(job.hydra.job):
+                job.hydra.job.num = initial_job_idx + i  # what names its output dir, as in the job itself
+            folders[i] = sweep_dir / str(job.hydra.sweep.subdir)
         executor = submitit.AutoExecutor(cluster="slurm", folder=self.params["submitit_folder"],
                                          slurm_max_num_timeout=self.params["max_num_timeout"])
         base_keys = list(OmegaConf.structured(BaseQueueConf).keys())
-        jobs: dict[int, Any] = {}
         asked_of = {i: dict(asked) for asked, members in groups.items() for i in members}
-        for asked, members in groups.items():
-            executor.update_parameters(**submit.executor_parameters(self.params, dict(asked), base_keys))
-            calls = [(list(job_overrides[i]), "hydra.sweep.dir", initial_job_idx + i, f"job_id_for_{i}",
-                      Singleton.get_state()) for i in members]
-            with submit.refused_in_one_line(self.params, dict(asked)):
-                submitted = executor.map_array(self, *zip(*calls, strict=True))
-            for i, job in zip(members, submitted, strict=True):
-                jobs[i] = job
-                log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(job_overrides[i]))} "
-                         f"(Slurm job {job.job_id})")
-        order = sorted(jobs)
-        submit.note_local_store(self.config)
+        jobs: dict[int, Any] = {}
+        restore = signals.install()  # SIGTERM, like Ctrl-C, cancels what was submitted
         try:
-            outcomes = submit.wait(
-                [jobs[i] for i in order], lambda k, why: submit.refusal(why, self.params, asked_of[order[k]]))
+            for asked, members in groups.items():
+                executor.update_parameters(**submit.executor_parameters(self.params, dict(asked), base_keys))
+                calls = [(list(job_overrides[i]), "hydra.sweep.dir", initial_job_idx + i, f"job_id_for_{i}",
+                          Singleton.get_state()) for i in members]
+                with submit.refused_in_one_line(self.params, dict(asked)):
+                    submitted = executor.map_array(self, *zip(*calls, strict=True))
+                for i, job in zip(members, submitted, strict=True):
+                    jobs[i] = job
+                    log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(job_overrides[i]))} "
+                             f"(Slurm job {job.job_id})")
+            order = sorted(jobs)
+            submit.note_local_store(self.config)
+            outcomes = submit.wait([jobs[i] for i in order],
+                                   lambda k, why: submit.refusal(why, self.params, asked_of[order[k]]),
+                                   grace_s=float(self.params["result_grace_s"]))
         except KeyboardInterrupt as e:
+            submit.cancel(list(jobs.values()))
             code = 143 if isinstance(e, signals.Terminated) else 130
             print(f"interrupted: the sweep's Slurm jobs are cancelled (exit {code})", file=sys.stderr)
             sys.exit(code)
+        except BaseException:  # refused: what was already submitted must not run on alone
+            submit.cancel(list(jobs.values()), quiet=True)
+            raise
+        finally:
+            restore()
         returns = []
         for i, outcome in zip(order, outcomes, strict=True):
-            if isinstance(outcome, submit.Ended):  # counted as a failed job is: +inf, its run closed by the sweep
+            if isinstance(outcome, submit.Ended):  # counted as a failed job is: +inf
                 log.warning(f"#{initial_job_idx + i}: {outcome}")
+                submit.note_ended(folders[i], str(outcome))
                 outcome = JobReturn(overrides=list(job_overrides[i]), status=JobStatus.COMPLETED)
                 outcome.return_value = float("inf")
             returns.append(outcome)
