@@ -188,6 +188,16 @@ def test_an_installed_package_works_from_any_directory(tmp_path: Path) -> None:
     assert "numpy-sequential-sgd: 3 steps" in run("backproplab-train", "trainer=numpy", "trainer.max_steps=3",
                                                   "logger=none")
     assert "all trainers agree" in run("backproplab-verify", "--trainers", "numpy", "--steps", "10", "--bias", "true")
+    versions = run("backproplab-train", "--version")
+    libraries = ("torch", "lightning", "hydra-core", "mlflow")
+    assert versions.startswith("backproplab 0.") and all(f"{name} " in versions for name in libraries), versions
+    # the Python API, in a fresh process: the installed package's config, its store in the current directory
+    api = subprocess.run(
+        [sys.executable, "-c", "import backproplab; r = backproplab.train('trainer=numpy', 'trainer.max_steps=3'); "
+         "print(r.status, len(r.losses), r.run_id is not None, r.output_dir)"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert api.returncode == 0 and "\nFINISHED 3 True " in api.stdout, api.stderr[-3000:]
+    assert (elsewhere / "mlflow.db").is_file() and str(elsewhere / "outputs") in api.stdout
     where = subprocess.run([sys.executable, "-c", "import backproplab; print(backproplab.__file__)"], cwd=elsewhere,
                            env=env, capture_output=True, text=True, timeout=60).stdout
     assert where.startswith(str(target)), where

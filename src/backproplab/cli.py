@@ -46,12 +46,30 @@ def unknown_option(args: list[str]) -> str | None:
     return None
 
 
+def versions() -> str:
+    """backproplab's version and those of the libraries it is built on (Hydra's own --version names only Hydra's),
+    read from the installed packages' metadata: nothing is imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    names = ("torch", "lightning", "hydra-core", "mlflow")
+    return f"backproplab {of('backproplab')} (" + ", ".join(f"{n} {of(n)}" for n in names) + ")"
+
+
 def train() -> None:
     import os
     import sys
 
     from hydra.errors import CompactHydraException
 
+    if "--version" in sys.argv[1:]:
+        print(versions())
+        return
     if line := unknown_option(sys.argv[1:]):
         print(line, file=sys.stderr)
         sys.exit(2)

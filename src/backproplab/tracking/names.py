@@ -54,12 +54,12 @@ def sweep_name(overrides: Sequence[str], fallback: str) -> str:
 def command(overrides: Sequence[str], multirun: bool = False) -> str:
     """The command that makes this run again, e.g. ``python scripts/train.py model=dynamic optim=adam``."""
     argv0 = sys.argv[0] if sys.argv else ""
-    if argv0.endswith(".py"):
+    if Path(argv0).name == "train.py":  # scripts/train.py
         script = Path(argv0)
         if script.is_absolute() and script.is_relative_to(Path.cwd()):
             script = script.relative_to(Path.cwd())
         prog = ["python", str(script)]
-    else:  # the console script of an installed package (a joblib worker too: its argv[0] is not ours)
+    else:  # the console script; the same line for backproplab.train() and a launcher's worker or Slurm job
         prog = ["backproplab-train"]
     return shlex.join([*prog, *(["-m"] if multirun else []), *overrides])
 
