@@ -62,6 +62,8 @@ TARGETS = {
     "auto_vs_best": 1.1,  # the default run's loop on trainer.threads=auto / on the best fixed count (quiet)
     "tf2_vs_tensorflow": 1.2,  # tf2's loop / the TF1 graph trainer's loop
     "jax_vs_tensor": 1.0,  # jax's loop (compiled before it) / the tensor trainer's loop
+    "peer_process": 0.5,  # tracked `experiment=optim` process / the lightning-hydra-template peer (benchmarks/peer)
+    "peer_loop": 0.2,  # its loop / the peer's fit
 }
 
 
@@ -90,6 +92,7 @@ class Settings:
     compile: bool = False  # torch.compile of the Lightning model at the largest size (slow to compile)
     server_runs: int = 16  # team server: runs at once against one mlflow server on PostgreSQL
     server_steps: int = 2000  # team server: steps per run, each recorded
+    peer_repeats: int = 5  # the lightning-hydra-template peer against a tracked run: measured rounds (0 skips)
     # threads: the shapes (N, D_in, H, D_out) whose step time is measured on 1..CPUs threads (the tutorial's first)
     thread_shapes: tuple[tuple[int, int, int, int], ...] = (
         (64, 1000, 100, 10), (32, 32, 32, 10), (48, 48, 48, 10), (64, 64, 64, 10), (96, 96, 96, 10),
@@ -111,6 +114,7 @@ QUICK = Settings(
     block_s=0.05,
     server_runs=2,
     server_steps=30,
+    peer_repeats=0,  # ~25 s a round: make bench measures it, the suite does not
     thread_shapes=((64, 1000, 100, 10), (32, 32, 32, 10)),
 )
 
@@ -152,6 +156,17 @@ def compose_cfg(*overrides: str) -> Any:
 def time_process(cmd: Sequence[str], cwd: Path | str, timeout: float = 900) -> float:
     """Wall time of one process, stdout to /dev/null (the tutorial prints every step)."""
     return measure_process(cmd, cwd, timeout)[0]
+
+
+def timed_output(cmd: Sequence[str], cwd: Path | str, timeout: float = 900) -> tuple[float, str]:
+    """(wall time in s, stdout and stderr) of one process that must succeed."""
+    start = time.perf_counter()
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=child_env())
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise BenchError(f"{' '.join(map(str, cmd))} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return wall, proc.stdout + proc.stderr
 
 
 def measure_process(cmd: Sequence[str], cwd: Path | str, timeout: float = 900) -> tuple[float, float]:

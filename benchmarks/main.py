@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -20,16 +21,31 @@ from benchmarks.backends import BACKENDS, bench_backends
 from benchmarks.common import CHILD_MARK, PAIRS, QUICK, Settings, load
 from benchmarks.loops import bench_trainers
 from benchmarks.mlflow_cost import _child_fixed, bench_mlflow_fixed, bench_mlflow_loop
-from benchmarks.processes import _child_imports, bench_imports, bench_startup, bench_sweep
-from benchmarks.report import flat_ratios, log_to_mlflow, markdown, targets
+from benchmarks.processes import _child_imports, bench_imports, bench_peer, bench_startup, bench_sweep
+from benchmarks.report import flat_ratios, log_to_mlflow, markdown, results_page, targets
 from benchmarks.scaling import bench_compile, bench_scaling
 from benchmarks.server_load import bench_server_load
 from benchmarks.threads import bench_threads
 
 # measured after the other in-process sections: TensorFlow's thread pools must not touch torch's figures
 LAST = ("tensorflow",)
-SECTIONS = ("trainers", "backends", "mlflow", "startup", "imports", "sweep", "scaling", "threads", "server",
+SECTIONS = ("trainers", "backends", "mlflow", "startup", "peer", "imports", "sweep", "scaling", "threads", "server",
             "compile")
+
+
+DEFAULT_ONLY = ",".join(s for s in SECTIONS if s != "compile")
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"  # what a full run (no --quick, --only, --steps...) writes
+
+
+def versions() -> dict[str, str]:
+    """The versions of the libraries measured, from their metadata."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("backproplab", "torch", "lightning", "hydra-core", "mlflow", "numpy", "tensorflow-cpu", "jax"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[name] = version(name)
+    return out
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -37,7 +53,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="bench.py", description="Hold every trainer, MLflow and start-up against the tutorial's own code.")
     p.add_argument("--quick", action="store_true", help="CI settings: tiny steps and sizes, a one-job sweep")
     p.add_argument("--out", type=Path, default=Path("bench-results/bench.json"), help="the JSON (and .md beside it)")
-    p.add_argument("--only", default=",".join(s for s in SECTIONS if s != "compile"),
+    p.add_argument("--only", default=DEFAULT_ONLY,
                    help=f"comma-separated sections to run (of {', '.join(SECTIONS)})")
     p.add_argument("--steps", type=int, help="training steps of the loop comparisons (default 500)")
     p.add_argument("--repeats", type=int, help="measured rounds per comparison (default 5)")
@@ -91,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "git_commit": runtime.git_commit(),
         "load_start": load(),
         "command": " ".join(["python scripts/bench.py", *argv]),
+        "date": time.strftime("%Y-%m-%d"),
+        "versions": versions(),
     }
     results: dict[str, Any] = {"meta": meta}
     errors: dict[str, str] = {}
@@ -141,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             section("mlflow_fixed", lambda: bench_mlflow_fixed(s, tmp))
         if "startup" in sections:
             section("startup", lambda: bench_startup(s, tmp))
+        if "peer" in sections:
+            section("peer", lambda: bench_peer(s, tmp))
         if "imports" in sections:
             section("imports", lambda: bench_imports(s, tmp))
         if "sweep" in sections:
@@ -167,6 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     md_path.write_text(md)
     print(md)
     print(f"[bench] wrote {args.out} and {md_path}", file=sys.stderr)
+    if not args.quick and args.only == DEFAULT_ONLY and not any([args.steps, args.repeats, args.sizes]):
+        RESULTS.write_text(results_page(results))  # a full run: the committed results
+        print(f"[bench] wrote {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}",
+              file=sys.stderr)
     if args.mlflow:
         rid = log_to_mlflow(results, args.out, md_path, args.tracking_uri)
         print(f"[bench] logged as MLflow run {rid} in experiment benchmarks", file=sys.stderr)

@@ -22,57 +22,98 @@ def verdict(ok: bool | None) -> str:
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every target of the issue with the measured figure beside it."""
+    """Every target of the issue with the measured figure beside it, and the measured rounds it is the median of."""
     rows: list[dict[str, Any]] = []
+    st_ = results.get("meta", {}).get("settings", {})
 
-    def add(name: str, measured: float | None, limit: float, unit: str, at_most: bool = True) -> None:
+    def add(name: str, measured: float | None, limit: float, unit: str, rounds: Any, at_most: bool = True) -> None:
         ok = None
         if measured is not None and math.isfinite(measured):
             ok = measured <= limit if at_most else measured >= limit
         rows.append({"target": name, "measured": measured, "limit": limit, "unit": unit,
-                     "at_most": at_most, "met": ok})
+                     "at_most": at_most, "met": ok, "rounds": rounds})
 
+    loops, processes = st_.get("repeats"), st_.get("process_repeats")
     for name, r in results.get("trainers", {}).items():
         what = "the reference optim loop" if name == "lightning" else "its reference loop"
-        add(f"{name} loop vs {what} ({r['tutorial']}.py)", r["ratio"], r["target"], "x")
+        add(f"{name} loop vs {what} ({r['tutorial']}.py)", r["ratio"], r["target"], "x", loops)
     for name, r in results.get("backends", {}).items():
         if "ratio" in r:
-            add(f"{name} loop vs the {r['against']} trainer's loop", r["ratio"], r["target"], "x")
+            add(f"{name} loop vs the {r['against']} trainer's loop", r["ratio"], r["target"], "x", loops)
     for name, r in results.get("mlflow_loop", {}).items():
-        add(f"{name} loop with logger=mlflow vs logger=none", r["ratio"], r["target"], "x")
+        add(f"{name} loop with logger=mlflow vs logger=none", r["ratio"], r["target"], "x", st_.get("mlflow_repeats"))
     fixed = results.get("mlflow_fixed", {})
     for experiment, r in fixed.get("later", {}).items():
         add(f"MLflow fixed cost, each later run ({experiment}: {r['trainer']})", r["fixed_s"],
-            TARGETS["mlflow_fixed_later_s"], "s")
+            TARGETS["mlflow_fixed_later_s"], "s", st_.get("mlflow_repeats"))
     st = results.get("startup", {})
     if "ratio" in st:
-        add("numpy process vs the reference numpy script", st["ratio"], st["target"], "x")
+        add("numpy process vs the reference numpy script", st["ratio"], st["target"], "x", processes)
     if "ratio_tracked" in st:
         add(f"tracked experiment=optim process vs the reference optim script (peak "
             f"{st['peak_mib']['ours_tracked']:.0f} vs {st['peak_mib']['tutorial_optim']:.0f} MiB)",
-            st["ratio_tracked"], st["target_tracked"], "x")
+            st["ratio_tracked"], st["target_tracked"], "x", processes)
+    peer = results.get("peer", {})
+    if "ratio" in peer:
+        add("tracked experiment=optim process vs the lightning-hydra-template peer (benchmarks/peer)", peer["ratio"],
+            peer["target"], "x", peer["rounds"])
+        add("its loop vs the peer's fit", peer["ratio_loop"], peer["target_loop"], "x", peer["rounds"])
     imp = results.get("imports", {})
     if "numpy_forbidden" in imp:
         rows.append({"target": "numpy process imports no torch / TensorFlow / Lightning",
                      "measured": ", ".join(imp["numpy_forbidden"]) or "none", "limit": "none", "unit": "",
-                     "at_most": True, "met": not imp["numpy_forbidden"]})
+                     "at_most": True, "met": not imp["numpy_forbidden"], "rounds": 1})
     sw = results.get("sweep", {})
     if "ratio" in sw:
         add(f"{len(sw['experiments'])}-experiment sweep vs the reference scripts as processes", sw["ratio"],
-            sw["target"], "x")
+            sw["target"], "x", st_.get("sweep_repeats"))
     sc = results.get("scaling", {})
     for r in sc.get("rows", []):
         if r["size"] == sc["largest"] and r["impl"] in TORCH_TRAINERS:
             add(f"{r['impl']} at N=D_in=H={r['size']}: % of bare torch.mm", r["pct_of_mm"], sc["target_pct"], "%",
-                at_most=False)
+                1, at_most=False)
     th = results.get("threads", {})
     if q := th.get("quiet"):
         add(f"default run's loop, quiet: trainer.threads=auto ({q['auto']['threads'][0]}) vs the best fixed count "
-            f"({q['best']})", q["ratio"], q["target"], "x")
+            f"({q['best']})", q["ratio"], q["target"], "x", loops)
     if ul := th.get("under_load"):
         add(f"default run's loop with {ul['busy_processes']} busy processes vs quiet (auto: "
-            f"{ul['loaded']['threads'][0]} thread(s))", ul["ratio"], ul["target"], "x")
+            f"{ul['loaded']['threads'][0]} thread(s))", ul["ratio"], ul["target"], "x", loops)
     return rows
+
+
+def results_page(results: dict[str, Any]) -> str:
+    """benchmarks/RESULTS.md, written by a full ``make bench``: where and when it ran, with which libraries, every
+    target with its rounds and verdict, then the whole report."""
+    m = results["meta"]
+    versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
+    lines = [
+        "# Benchmark results",
+        "",
+        "<!-- written by a full `make bench` (python scripts/bench.py): do not edit; the method is in "
+        "docs/performance.md -->",
+        "",
+        f"- machine: {m['machine']}",
+        f"- date: {m.get('date', '?')}; commit: {m.get('git_commit') or '?'}; command: `{m['command']}`",
+        f"- libraries: {versions}",
+        "",
+        "| target | measured | target | rounds | verdict |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for t in results["targets"]:
+        measured, limit = target_cells(t)
+        lines.append(f"| {t['target']} | {measured} | {limit} | {t.get('rounds') or '–'} | {verdict(t['met'])} |")
+    body = markdown(results).split("\n", 1)[1]  # the report without its title
+    return "\n".join(lines) + "\n\n## The whole report\n" + body.replace("\n## ", "\n### ")
+
+
+def target_cells(t: dict[str, Any]) -> tuple[str, str]:
+    """A target row's measured figure and limit, formatted."""
+    if isinstance(t["measured"], str):
+        return t["measured"], t["limit"]
+    digits = 0 if t["unit"] == "%" else 2
+    unit = t["unit"] if t["unit"] != "x" else "×"
+    return fmt(t["measured"], digits, unit), ("≤ " if t["at_most"] else "≥ ") + f"{t['limit']:g}" + unit
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -98,12 +139,7 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---:|---:|---|",
     ]
     for t in results["targets"]:
-        if isinstance(t["measured"], str):
-            measured, limit = t["measured"], t["limit"]
-        else:
-            digits = 0 if t["unit"] == "%" else 2
-            measured = fmt(t["measured"], digits, t["unit"] if t["unit"] != "x" else "×")
-            limit = ("≤ " if t["at_most"] else "≥ ") + f"{t['limit']:g}" + (t["unit"] if t["unit"] != "x" else "×")
+        measured, limit = target_cells(t)
         lines.append(f"| {t['target']} | {measured} | {limit} | {verdict(t['met'])} |")
 
     if tr := results.get("trainers"):

@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO, untraced
@@ -131,3 +132,24 @@ def test_the_reference_scripts_run_as_processes() -> None:
         assert proc.returncode == 0, (script.name, proc.stderr[-2000:])
         losses = [float(line.split()[1]) for line in proc.stdout.splitlines()]
         assert len(losses) == 5 and losses[-1] < losses[0], (script.name, losses)
+
+
+def test_quick_leaves_the_peer_and_the_committed_results_alone(quick: tuple[dict, str, str]) -> None:
+    data, _, _ = quick
+    assert "skipped" in data["peer"]  # ~25 s a round: make bench measures it
+    assert data["meta"]["versions"]["torch"] and data["meta"]["date"]
+    assert not any(t["target"].startswith("tracked experiment=optim process vs the lightning") for t in data["targets"])
+
+
+def test_the_peer_trains_and_records_every_step(tmp_path: Path) -> None:
+    """benchmarks/peer, the lightning-hydra-template way of the optim example that make bench holds us against:
+    it runs, says its loop time, and its MLFlowLogger records train/loss at every step."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.peer.train", "trainer.max_steps=5"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env={**untraced(dict(os.environ)), "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0 and "peer loop_s=" in proc.stdout, proc.stderr[-3000:]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("peer").experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(5))
