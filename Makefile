@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test lint ui verify bench examples examples-sine backends gpu-check
+.PHONY: train test test-quick lint ui verify bench examples examples-sine backends gpu-check docs docs-images
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ ifeq ($(COVERAGE),1)
 else
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 endif
+
+# The edit-test loop: the unit-level tests (no servers, browsers, clusters or multi-process sweeps: those are
+# marked slow), without coverage, in under 3 minutes on 2 cores. `make test` stays the whole suite; CI runs it.
+test-quick: $(STAMP)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts benchmarks
@@ -65,3 +70,14 @@ ui: $(STAMP)
 # No venv: it uses the node's own CUDA torch and puts src/ on PYTHONPATH itself. Exits 0 without CUDA.
 gpu-check:
 	$(PYTHON) scripts/gpu_check.py $(ARGS)
+
+# The manual's generated parts: docs/configuration.md from conf/ (tests/test_docs.py says when it is stale) ...
+docs: $(STAMP)
+	$(PY) scripts/config_docs.py
+
+# ... and its pictures, from real runs: make examples and examples-sine, then MLflow's UI in headless Chromium,
+# driven by Playwright (the [docs] extra, installed here; ~2 min). ARGS=--check only says which pictures their
+# drawing code has changed since.
+docs-images: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[docs]'
+	$(PY) scripts/docs_images.py $(ARGS)
