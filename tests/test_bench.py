@@ -123,6 +123,7 @@ def test_bench_path_is_importable_without_heavy_modules() -> None:
     assert proc.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_the_reference_scripts_run_as_processes() -> None:
     """The nine reference loops, each run as a script, train the tutorial's problem (the loss goes down)."""
     for script in sorted((REPO / "benchmarks" / "reference").glob("*_loop.py")):
@@ -141,6 +142,7 @@ def test_quick_leaves_the_peer_and_the_committed_results_alone(quick: tuple[dict
     assert not any(t["target"].startswith("tracked experiment=optim process vs the lightning") for t in data["targets"])
 
 
+@pytest.mark.slow
 def test_the_peer_trains_and_records_every_step(tmp_path: Path) -> None:
     """benchmarks/peer, the lightning-hydra-template way of the optim example that make bench holds us against:
     it runs, says its loop time, and its MLFlowLogger records train/loss at every step."""

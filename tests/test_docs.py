@@ -57,6 +57,14 @@ MAKE_NOT_RUN = {
 }
 
 
+# train lines that compose here but cannot run for real in this test, and the test that runs what they need
+NEEDS = {
+    "accelerator=gpu": "a GPU: tests/test_pipeline.py::test_gpu_trains",
+    "hydra/launcher=slurm": "a Slurm cluster: tests/test_slurm.py::test_a_newcomers_numpy_sweep_runs_as_one_job_array",
+    "logger.tracking_uri=http": "a server: tests/test_team_server.py::test_a_parallel_sweep_on_postgres_behind_a_login",
+}
+
+
 def fences(text: str) -> list[tuple[str, int, str]]:
     """(language, line number, line) of every line in a fenced block, continuation lines joined."""
     out, lang, joined, start = [], None, "", 0
@@ -206,6 +214,13 @@ def test_every_other_command_is_run_by_a_named_test() -> None:
             assert file.is_file() and (not name or f"def {name.split()[0]}(" in file.read_text()), where
 
 
+def test_lines_that_need_a_gpu_slurm_or_a_server_name_the_test_that_runs_them() -> None:
+    for needle, where in NEEDS.items():
+        assert any(needle in c for _, _, c in commands() if train_args(c) is not None), needle
+        for path, name in re.findall(r"(tests/\w+\.py)::(\w+)", where):
+            assert f"def {name}(" in (REPO / path).read_text(), where
+
+
 def page_groups(text: str) -> list[str]:
     return [g for c in re.findall(r"<!-- docs-check: ([^>]*)-->", text) for g in c.split() if "=" in g]
 
@@ -256,6 +271,7 @@ def trainers_used() -> set[str]:
     return used
 
 
+@pytest.mark.slow
 def test_the_python_examples_and_a_short_job_of_every_trainer_run(tmp_path: Path) -> None:
     """In one fresh process: the Python API page's examples as written, then each trainer the pages use for
     3 steps through backproplab.train, all recorded in one store."""

@@ -125,6 +125,7 @@ def test_tensorflow_is_an_extra_with_a_cpu_and_a_gpu_build() -> None:
         assert spec.gpu_install == "pip uninstall -y tensorflow-cpu && pip install -e '.[tf-gpu]'", spec.name
 
 
+@pytest.mark.slow
 def test_a_new_trainer_is_its_module_and_its_yaml(tmp_path: Path) -> None:
     """A copy of trainers/numpy.py under a new name, with a copy of its yaml renamed inside, trains through the
     CLI and is compared by verify; no other file is touched."""
@@ -158,6 +159,7 @@ def test_a_new_trainer_is_its_module_and_its_yaml(tmp_path: Path) -> None:
     assert "│ numpy_copy " in out and "all trainers agree" in out
 
 
+@pytest.mark.slow
 def test_an_installed_package_works_from_any_directory(tmp_path: Path) -> None:
     """``pip install .`` (not editable) ships conf/ inside the package: both console scripts run elsewhere."""
     import os

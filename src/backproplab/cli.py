@@ -57,7 +57,7 @@ def versions() -> str:
         except PackageNotFoundError:
             return "not installed"
 
-    names = ("torch", "lightning", "hydra-core", "mlflow")
+    names = "torch lightning hydra-core mlflow".split()  # the libraries (one shares a trainer's name)
     return f"backproplab {of('backproplab')} (" + ", ".join(f"{n} {of(n)}" for n in names) + ")"
 
 
