@@ -71,7 +71,7 @@ def reach(path: Path) -> set[str]:
 def test_tracking_never_imports_a_trainer_and_nothing_low_imports_upward() -> None:
     for path in files("tracking"):
         assert not any(d.split("/")[0] in ("trainers", "run", "config") for d in reach(path)), path
-    for low in ("steps", "problem", "models", "functions", "optimizers", "runtime", "signals"):
+    for low in ("steps", "problem", "models", "functions", "optimizers", "runtime", "signals", "regions"):
         for dep in ours(PKG / f"{low}.py"):
             assert dep in {"steps", "runtime", "signals"}, f"{low}.py imports backproplab.{dep}"
 
@@ -204,3 +204,17 @@ def test_an_installed_package_works_from_any_directory(tmp_path: Path) -> None:
                            env=env, capture_output=True, text=True, timeout=60).stdout
     assert where.startswith(str(target)), where
     assert not os.path.exists(elsewhere / "conf")
+
+
+def test_every_trainer_and_model_it_trains_has_its_step_marked() -> None:
+    """The lesson page shows each run's step from regions marked in the source (``# lesson: <name>``), chosen by
+    the trainer's yaml for the model: every pair a trainer supports has them, and each region is code."""
+    from backproplab import regions
+
+    for spec in registry.trainers().values():
+        assert spec.lesson, spec.name
+        for model in spec.models:
+            chosen = regions.picks(spec.lesson, model)
+            step = regions.step_code(regions.read([file for file, _ in chosen]), chosen)
+            assert {r["region"] for r in step} == {region for _, region in chosen}, (spec.name, model)
+            assert all(r["code"].strip() and "# lesson:" not in r["code"] for r in step), (spec.name, model)

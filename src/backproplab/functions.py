@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 
+# lesson: MyReLU
 class MyReLU(torch.autograd.Function):
     """ReLU with a hand-written backward: the gradient passes where the input was not negative."""
 
@@ -23,8 +24,10 @@ class MyReLU(torch.autograd.Function):
         grad_input = grad_output.clone()
         grad_input[input < 0] = 0
         return grad_input
+# lesson: end
 
 
+# lesson: LegendrePolynomial3
 class LegendrePolynomial3(torch.autograd.Function):
     """The sine edition's custom Function: P3(z) = (5 z^3 - 3 z) / 2, whose derivative is written by hand,
     1.5 (5 z^2 - 1)."""
@@ -38,3 +41,4 @@ class LegendrePolynomial3(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:
         (input,) = ctx.saved_tensors
         return grad_output * 1.5 * (5 * input**2 - 1)
+# lesson: end

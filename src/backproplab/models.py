@@ -10,11 +10,14 @@ import torch
 from torch import nn
 
 
+# lesson: sequential
 def sequential(d_in: int, hidden: int, d_out: int, bias: bool = True) -> nn.Sequential:
     """The "PyTorch: nn" model."""
     return nn.Sequential(nn.Linear(d_in, hidden, bias=bias), nn.ReLU(), nn.Linear(hidden, d_out, bias=bias))
+# lesson: end
 
 
+# lesson: custom
 class TwoLayerNet(nn.Module):
     """The "Custom nn Modules" model."""
 
@@ -26,8 +29,10 @@ class TwoLayerNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h_relu = self.linear1(x).clamp(min=0)
         return self.linear2(h_relu)
+# lesson: end
 
 
+# lesson: dynamic
 class DynamicNet(nn.Module):
     """The "Control flow + weight sharing" model: the middle layer is reused 0..max_repeats times.
 
@@ -49,6 +54,7 @@ class DynamicNet(nn.Module):
         for _ in range(repeats):
             h_relu = self.middle_linear(h_relu).clamp(min=0)
         return self.output_linear(h_relu)
+# lesson: end
 
 
 # -- the sine edition: y = sin(x) fitted by a formula of a few parameters (conf/model/poly3.yaml, ...) ------------
@@ -56,6 +62,7 @@ def _scalar() -> nn.Parameter:
     return nn.Parameter(torch.randn(()))
 
 
+# lesson: poly3
 class Polynomial3(nn.Module):
     """The sine edition's custom Module: y = a + b x + c x^2 + d x^3."""
 
@@ -68,8 +75,10 @@ class Polynomial3(nn.Module):
 
     def string(self) -> str:
         return f"y = {self.a.item()} + {self.b.item()} x + {self.c.item()} x^2 + {self.d.item()} x^3"
+# lesson: end
 
 
+# lesson: legendre3
 class Legendre3(nn.Module):
     """y = a + b P3(c + d x), P3 through autograd (the function trainer uses the hand-written Function)."""
 
@@ -80,8 +89,10 @@ class Legendre3(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.c + self.d * x
         return self.a + self.b * 0.5 * (5 * z**3 - 3 * z)
+# lesson: end
 
 
+# lesson: poly_nn
 class Powers(nn.Module):
     """x -> (x, x^2, ..., x^n) as the last dimension: the nn example's features, inside the model so that a
     logged model takes x itself."""
@@ -92,13 +103,17 @@ class Powers(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.unsqueeze(-1).pow(self.p.to(x.dtype))
+# lesson: end
 
 
+# lesson: poly_nn
 def poly_nn() -> nn.Sequential:
     """The sine edition's nn model: (x, x^2, x^3) -> Linear(3, 1) -> Flatten(0, 1)."""
     return nn.Sequential(Powers(3), nn.Linear(3, 1), nn.Flatten(0, 1))
+# lesson: end
 
 
+# lesson: poly_dynamic
 class DynamicPolynomial(nn.Module):
     """The sine edition's DynamicNet: a cubic plus 0..max_extra_terms terms e x^4, e x^5, ... sharing e.
 
@@ -117,6 +132,7 @@ class DynamicPolynomial(nn.Module):
         for exp in range(4, 4 + repeats):  # the same e for every extra term
             y = y + self.e * x**exp
         return y
+# lesson: end
 
 
 # -- numpy weights <-> torch parameters ------------------------------------------------------------------------

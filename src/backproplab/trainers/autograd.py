@@ -25,14 +25,19 @@ from backproplab.trainers._torch import device, to_numpy, to_torch
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
+# lesson: clamp_relu
 def clamp_relu(h: torch.Tensor) -> torch.Tensor:
     return h.clamp(min=0)
+# lesson: end
 
 
+# lesson: legendre_p3
 def legendre_p3(z: torch.Tensor) -> torch.Tensor:
     return 0.5 * (5 * z**3 - 3 * z)
+# lesson: end
 
 
+# lesson: two_layer_net
 def two_layer_net(params: dict[str, torch.Tensor], x: torch.Tensor, repeats: int, relu: Fn) -> torch.Tensor:
     w1, wm, w2 = params["w1"], params.get("wm"), params["w2"]
     # without model.bias a bias is a plain 0, which adds nothing
@@ -41,16 +46,21 @@ def two_layer_net(params: dict[str, torch.Tensor], x: torch.Tensor, repeats: int
     for _ in range(repeats):  # the dynamic net reuses its middle layer
         h_relu = relu(h_relu.mm(wm) + bm)
     return h_relu.mm(w2) + b2
+# lesson: end
 
 
+# lesson: poly3
 def poly3(params: dict[str, torch.Tensor], x: torch.Tensor, repeats: int) -> torch.Tensor:
     a, b, c, d = (params[k] for k in "abcd")
     return a + b * x + c * x**2 + d * x**3
+# lesson: end
 
 
+# lesson: legendre3
 def legendre3(params: dict[str, torch.Tensor], x: torch.Tensor, repeats: int, p3: Fn) -> torch.Tensor:
     a, b, c, d = (params[k] for k in "abcd")
     return a + b * p3(c + d * x)
+# lesson: end
 
 
 def train(
@@ -69,6 +79,7 @@ def train(
     grads0: dict[str, np.ndarray] = {}
 
     start = time.perf_counter()
+    # lesson: step
     for i in range(cfg.trainer.max_steps):
         # Forward pass: compute predicted y using operations on Tensors
         y_pred = forward(params, x, repeats[i])
@@ -79,15 +90,18 @@ def train(
 
         # Use autograd to compute the backward pass
         loss.backward()
+        # lesson: end
         if i == 0:  # a middle layer unused at this step has no .grad yet
             grads0 = {n: (w.grad if w.grad is not None else torch.zeros_like(w)) for n, w in params.items()}
             grads0 = to_numpy(grads0)
 
+        # lesson: step
         # Update weights by hand; autograd must not track it
         with torch.no_grad():
             for w in params.values():
                 if w.grad is not None:
                     w -= learning_rate * w.grad
                     w.grad.zero_()
+        # lesson: end
     loop_s = time.perf_counter() - start
     return Result(weights=to_numpy(params), loop_s=loop_s, grads0=grads0)

@@ -58,6 +58,7 @@ def from_rule(opt: Rule) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
+# lesson: forward
 def forward(params: dict[str, jax.Array], x: jax.Array, repeats: int) -> jax.Array:
     # without model.bias a bias is a plain 0, which adds nothing
     b1, bm, b2 = (params.get(name, 0.0) for name in ("b1", "bm", "b2"))
@@ -65,6 +66,7 @@ def forward(params: dict[str, jax.Array], x: jax.Array, repeats: int) -> jax.Arr
     for _ in range(repeats):  # the dynamic net: unrolled, one compiled variant per count
         h_relu = jax.nn.relu(h_relu @ params["wm"] + bm)
     return h_relu @ params["w2"] + b2
+# lesson: end
 
 
 def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
@@ -87,6 +89,7 @@ def _train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
     reduce = jnp.sum if cfg.loss.reduction == "sum" else jnp.mean
     repeats = problem.repeats if problem.repeats is not None else np.zeros(cfg.trainer.max_steps, int)
 
+    # lesson: step
     def loss_fn(params: dict[str, jax.Array], repeats: int) -> jax.Array:
         return reduce((forward(params, x, repeats) - y) ** 2)
 
@@ -100,6 +103,7 @@ def _train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
             else:
                 new_params[name], new_state[name] = optax.apply_updates(p, updates), s
         return new_params, new_state, loss, (grads if keep_grads else {})
+    # lesson: end
 
     # the step's inputs are donated: XLA updates the weights and the optimizer's state in place
     compile_start = time.perf_counter()
@@ -110,9 +114,11 @@ def _train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
 
     grads0: dict[str, np.ndarray] = {}
     start = time.perf_counter()
+    # lesson: step
     for i in range(cfg.trainer.max_steps):
         params, state, loss, grads = (first if i == 0 else compiled[int(repeats[i])])(params, state)
         on_step(i, float(loss))
+        # lesson: end
         if i == 0:
             grads0 = {name: np.asarray(g) for name, g in grads.items()}
     loop_s = time.perf_counter() - start

@@ -73,6 +73,7 @@ class TutorialModule(L.LightningModule):
         else:
             super().__setattr__(name, value)
 
+    # lesson: step
     def forward(self, x: torch.Tensor, step: int | None = None) -> torch.Tensor:
         if self.repeats is not None:  # a dynamic model: this step's count from the seeded schedule
             return self.net(x, repeats=None if step is None else int(self.repeats[step]))
@@ -86,6 +87,7 @@ class TutorialModule(L.LightningModule):
         self.manual_backward(loss)  # precision plugins and DDP's gradient sync hook in here
         optimizer.step()
         return loss.detach()
+    # lesson: end
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer(self.parameters())

@@ -24,6 +24,7 @@ Grads = dict[str, np.ndarray]
 Pass = Callable[[dict[str, np.ndarray], np.ndarray, int], tuple[np.ndarray, Callable[[np.ndarray], Grads]]]
 
 
+# lesson: two_layer_net
 def two_layer_net(params: dict[str, np.ndarray], x: np.ndarray, repeats: int) -> tuple[np.ndarray, Callable]:
     w1, wm, w2 = params["w1"], params.get("wm"), params["w2"]
     # without model.bias a bias is a plain 0, which adds nothing
@@ -57,8 +58,10 @@ def two_layer_net(params: dict[str, np.ndarray], x: np.ndarray, repeats: int) ->
         }
 
     return y_pred, backward
+# lesson: end
 
 
+# lesson: poly3
 def poly3(params: dict[str, np.ndarray], x: np.ndarray, repeats: int) -> tuple[np.ndarray, Callable]:
     a, b, c, d = (params[k] for k in "abcd")
     y_pred = a + b * x + c * x**2 + d * x**3
@@ -70,8 +73,10 @@ def poly3(params: dict[str, np.ndarray], x: np.ndarray, repeats: int) -> tuple[n
         }
 
     return y_pred, backward
+# lesson: end
 
 
+# lesson: legendre3
 def legendre3(params: dict[str, np.ndarray], x: np.ndarray, repeats: int) -> tuple[np.ndarray, Callable]:
     a, b, c, d = (params[k] for k in "abcd")
     z = c + d * x
@@ -83,6 +88,7 @@ def legendre3(params: dict[str, np.ndarray], x: np.ndarray, repeats: int) -> tup
         return {"a": grad_y_pred.sum(), "b": (grad_y_pred * p3).sum(), "c": grad_z.sum(), "d": (grad_z * x).sum()}
 
     return y_pred, backward
+# lesson: end
 
 
 PASSES: dict[str, Pass] = {"poly3": poly3, "legendre3": legendre3}  # any other model: the two-layer net
@@ -99,6 +105,7 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
     grads0: dict[str, np.ndarray] = {}
 
     start = time.perf_counter()
+    # lesson: step
     for i in range(cfg.trainer.max_steps):
         # Forward pass: compute predicted y
         y_pred, backward = model(params, x, int(repeats[i]))
@@ -109,11 +116,14 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
 
         # Backprop to compute gradients of the weights with respect to loss
         grads = backward(2.0 * (y_pred - y) / count)
+        # lesson: end
         if i == 0:  # an unused middle layer has a zero gradient of its own shape
             grads0 = {name: np.broadcast_to(grads[name], w.shape).copy() for name, w in params.items()}
 
+        # lesson: step
         # Update weights
         for name, w in params.items():
             w -= learning_rate * grads[name]
+        # lesson: end
     loop_s = time.perf_counter() - start
     return Result(weights=params, loop_s=loop_s, grads0=grads0)

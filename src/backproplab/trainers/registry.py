@@ -41,6 +41,7 @@ class TrainerSpec:
     install: str  # how to install them, said in that line
     gpu_install: str  # how to get the framework's GPU build, said when a CPU-only build is asked for a GPU
     why: str  # said when a model it lacks is asked for
+    lesson: dict[str, tuple[str, ...]]  # its step's code by model, as "<file>:<region>" (backproplab.regions)
     declared: dict  # module and supports as the yaml has them: a run's config must not override them
 
     def supports(self, group: str, option: str) -> bool:
@@ -77,6 +78,7 @@ def _spec(path: Path) -> TrainerSpec:
         install=str(s.get("install", "")),
         gpu_install=str(s.get("gpu_install", "")),
         why=str(s.get("why", "")),
+        lesson={str(model): tuple(entries) for model, entries in s.get("lesson", {}).items()},
         declared={"module": raw["module"], "supports": s},
     )
 

@@ -20,6 +20,7 @@ Grads = dict[str, torch.Tensor]
 Pass = Callable[[dict[str, torch.Tensor], torch.Tensor, int], tuple[torch.Tensor, Callable[[torch.Tensor], Grads]]]
 
 
+# lesson: two_layer_net
 def two_layer_net(params: dict[str, torch.Tensor], x: torch.Tensor, repeats: int) -> tuple[torch.Tensor, Callable]:
     w1, wm, w2 = params["w1"], params.get("wm"), params["w2"]
     # without model.bias a bias is a plain 0, which adds nothing
@@ -53,8 +54,10 @@ def two_layer_net(params: dict[str, torch.Tensor], x: torch.Tensor, repeats: int
         }
 
     return y_pred, backward
+# lesson: end
 
 
+# lesson: poly3
 def poly3(params: dict[str, torch.Tensor], x: torch.Tensor, repeats: int) -> tuple[torch.Tensor, Callable]:
     a, b, c, d = (params[k] for k in "abcd")
     y_pred = a + b * x + c * x**2 + d * x**3
@@ -66,6 +69,7 @@ def poly3(params: dict[str, torch.Tensor], x: torch.Tensor, repeats: int) -> tup
         }
 
     return y_pred, backward
+# lesson: end
 
 
 PASSES: dict[str, Pass] = {"poly3": poly3}  # any other model: the two-layer net
@@ -84,6 +88,7 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
     grads0: dict[str, torch.Tensor] = {}
 
     start = time.perf_counter()
+    # lesson: step
     for i in range(cfg.trainer.max_steps):
         # Forward pass: compute predicted y
         y_pred, backward = model(params, x, repeats[i])
@@ -94,11 +99,14 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
 
         # Backprop to compute gradients of the weights with respect to loss
         grads = backward(2.0 * (y_pred - y) / count)
+        # lesson: end
         if i == 0:  # an unused middle layer has a zero gradient of its own shape
             grads0 = {name: torch.zeros_like(w) + grads[name] for name, w in params.items()}
 
+        # lesson: step
         # Update weights
         for name, w in params.items():
             w -= learning_rate * grads[name]
+        # lesson: end
     loop_s = time.perf_counter() - start
     return Result(weights=to_numpy(params), loop_s=loop_s, grads0=to_numpy(grads0))

@@ -64,6 +64,7 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
     with g.as_default(), g.device(place(cfg)):
         tf1.set_random_seed(cfg.seed)  # the weights come from problem.py; this seeds any op that draws
 
+        # lesson: graph
         # Placeholders for the input and target data; these will be filled with real data at each step
         x = tf1.placeholder(dtype, shape=(None, d_in))
         y = tf1.placeholder(dtype, shape=(None, d_out))
@@ -89,6 +90,7 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
         # every step reads the weights before it writes them (the tutorial's sess.run leaves this open).
         with tf.control_dependencies([loss, *grads.values()]):
             updates = [w.assign(w - learning_rate * grads[name]) for name, w in params.items()]
+        # lesson: end
         init = tf1.global_variables_initializer()
 
     # Now we have built our graph, so we enter a TensorFlow session to actually execute it
@@ -101,10 +103,12 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
         sess.run(init)
         grads0 = sess.run(grads, feed_dict=feed_dict)  # the first step's gradients, for verify.py
         start = time.perf_counter()
+        # lesson: step
         for i in range(cfg.trainer.max_steps):
             # Execute the graph: compute loss and update the weights in one run
             loss_value, _ = sess.run([loss, updates], feed_dict=feed_dict)
             on_step(i, float(loss_value))
+        # lesson: end
         loop_s = time.perf_counter() - start
         weights = sess.run(params)
     return Result(weights=weights, loop_s=loop_s, grads0=grads0)

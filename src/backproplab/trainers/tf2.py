@@ -47,6 +47,7 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
         # without model.bias a bias is a plain 0, which adds nothing
         b1, bm, b2 = (params.get(name, tf.zeros((), dtype)) for name in ("b1", "bm", "b2"))
 
+        # lesson: step
         def forward(r: tf.Tensor) -> tf.Tensor:
             h_relu = tf.nn.relu(x @ w1 + b1)
             if wm is not None:
@@ -73,6 +74,7 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
                 if opt.slots:
                     counts[name].assign(t)
             return loss, (grads if keep_grads else [])
+        # lesson: end
 
         # traced once each: the first step also hands back its gradients (verify's), the others only the loss
         traced = time.perf_counter()
@@ -82,9 +84,11 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
         trace_s = time.perf_counter() - traced
         grads0: dict[str, np.ndarray] = {}
         start = time.perf_counter()
+        # lesson: step
         for i in range(cfg.trainer.max_steps):
             loss, grads = (first if i == 0 else later)(tf.constant(int(repeats[i]), tf.int32))
             on_step(i, float(loss))
+            # lesson: end
             if i == 0:
                 grads0 = {n: (np.zeros(p.shape, p.dtype.as_numpy_dtype) if g is None else g.numpy())
                           for (n, p), g in zip(params.items(), grads, strict=True)}
