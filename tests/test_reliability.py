@@ -389,7 +389,7 @@ def test_no_secrets_in_the_record() -> None:
     from omegaconf import OmegaConf
 
     from backproplab.runtime import mask_secrets
-    from backproplab.tracking.run import flatten, resolved_yaml
+    from backproplab.tracking.params import flatten, resolved_yaml
 
     uri = "https://alice:s3cr3t@mlflow.example.org:5000/?token=abc123"
     assert "s3cr3t" not in mask_secrets(uri) and "abc123" not in mask_secrets(uri)

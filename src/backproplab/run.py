@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from backproplab import signals, threads
+from backproplab import regions, signals, threads
 from backproplab.config import ConfigError, declared, refuse_added_keys, validate
 from backproplab.problem import make_problem
 from backproplab.runtime import hydra_overrides, job_dir, mask_hydra_outputs, mask_logs, sweep_dir
@@ -130,7 +130,7 @@ def train(cfg: DictConfig, opened: Callable[[Recorder], None] | None = None) -> 
     if resumed and cfg.get("ckpt_path"):
         validate(cfg)  # the checkpoint fits, and leaves steps to train
     # opened before the heavy imports: a bad store fails in seconds
-    with make_tracker(cfg, auto_keys, resume=resumed and resumed["run_id"]) as rec:
+    with make_tracker(cfg, auto_keys, resume=resumed and resumed["run_id"], step=step_of(cfg)) as rec:
         slurm_job.note_run(job_dir(), rec.run_id, count, auto_keys)
         if opened is not None:
             opened(rec)
@@ -140,6 +140,8 @@ def train(cfg: DictConfig, opened: Callable[[Recorder], None] | None = None) -> 
         t0 = time.perf_counter()
         result = train_fn(problem, cfg, rec.on_step)
         rec.finish(result, problem)
+        if rec.run_id and sweep_dir() and (agreement := gradient_agreement(cfg)) is not None:  # the lesson page's
+            rec.log({"verify/grad_rel_diff": agreement})
         final = rec.losses[-1]
         log.info(  # before the record closes: its last line is the run page's address
             "%s-%s-%s: %d steps, loss %.4g -> %.4g in %.2fs (loop %.3fs, %d CPU thread%s)%s",
@@ -149,6 +151,35 @@ def train(cfg: DictConfig, opened: Callable[[Recorder], None] | None = None) -> 
         )
     slurm_job.note_finished(job_dir(), final)
     return final
+
+
+def step_of(cfg: DictConfig) -> dict:
+    """The code of the run's step (its trainer's ``supports.lesson`` regions, backproplab.regions) and of the
+    files it reaches, with the first line of the trainer's docstring: what the record logs under code/."""
+    spec = registry.spec(cfg.trainer.name)
+    chosen = regions.picks(spec.lesson, cfg.model.name)
+    module = regions.module_file(spec.module)
+    sources = regions.read([module, *(file for file, _ in chosen)])
+    try:
+        step = regions.step_code(sources, chosen)
+    except KeyError as e:  # a trainer whose step is not marked: its files are logged all the same
+        log.warning("the lesson page will not show this run's step: %s", e)
+        step = []
+    about = regions.summary(sources[module])
+    return {"trainer": cfg.trainer.name, "model": cfg.model.name, "optim": cfg.optim.name, "about": about,
+            "files": list(sources), "regions": step}
+
+
+def gradient_agreement(cfg: DictConfig) -> float | None:
+    """How far the trainer's first-step gradients are from the reference's, as verify measures it (float64,
+    this run's problem, a few milliseconds): each job of a sweep says it, and its lesson page reads it."""
+    from backproplab.verify import first_step_agreement
+
+    try:
+        return first_step_agreement(cfg)
+    except Exception as e:  # the page then shows none; the run itself is not at stake
+        log.warning("no gradient agreement for the lesson page: %s", str(e).splitlines()[0] if str(e) else e)
+        return None
 
 
 def checkpoint_dir(cfg: DictConfig) -> str | None:

@@ -75,3 +75,6 @@ class Recorder:
 
     def finish(self, result: Result, problem: Any) -> None:
         """Nothing to record."""
+
+    def log(self, metrics: dict[str, float]) -> None:
+        """Nothing to record."""

@@ -18,17 +18,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 
 from backproplab import signals
 from backproplab.runtime import git_commit, hydra_overrides, is_rank_zero, mask_secrets, sweep_dir
 from backproplab.slurm import job as slurm_job
 from backproplab.steps import Recorder
-from backproplab.tracking import names
+from backproplab.tracking import code, names
 from backproplab.tracking.figures import fit_plot, loss_curve
+from backproplab.tracking.params import flatten, resolved_yaml
 from backproplab.tracking.spool import ServerAway, Spool, apply, bound_http_retries, send
 from backproplab.tracking.store import (
     AUTO_TAG,
+    JOB_TAG,
     OPEN_TAG,
     PARENT_TAG,
     RESTARTS_TAG,
@@ -45,39 +48,15 @@ from backproplab.tracking.store import (
 log = logging.getLogger("backproplab")
 
 
-def flatten(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config as dotted params, without the instantiate nodes (``model.net``,
-    ``optim.optimizer``, ``loss.criterion``) whose values repeat the keys beside them."""
-    out: dict[str, str] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            if "_target_" in node or prefix == "trainer.supports.":  # the registry's, the same for every run
-                return
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        else:
-            out[prefix[:-1]] = str(node)
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    if "logger.tracking_uri" in out:
-        out["logger.tracking_uri"] = mask_secrets(out["logger.tracking_uri"])
-    return out
-
-def resolved_yaml(cfg: DictConfig, resolve: bool = True) -> str:
-    """The (resolved) config as YAML, with any secret in the tracking URI masked."""
-    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=resolve))
-    if resolved.get("logger", {}).get("tracking_uri"):
-        resolved.logger.tracking_uri = mask_secrets(resolved.logger.tracking_uri)
-    return OmegaConf.to_yaml(resolved)
-
 class MlflowTracker(Recorder):
     """One MLflow run: opened on enter, closed with the right status on exit. Every write after the opening is
     an operation (``tracking.spool``): applied at once, or, while the server is away, kept in a spool."""
 
-    def __init__(self, cfg: DictConfig, auto_keys: Sequence[str] = (), resume: str | None = None):
+    def __init__(self, cfg: DictConfig, auto_keys: Sequence[str] = (), resume: str | None = None,
+                 step: dict[str, Any] | None = None):
         super().__init__(cfg.trainer.get("divergence_factor"))
         self.cfg = cfg
+        self.step = step  # the code of its step (backproplab.run.step_of), logged under code/
         self.auto_keys = list(auto_keys)  # keys the run chose itself: tagged, so that a report labels them "auto"
         self.resume = resume  # a run this (restarted Slurm) job goes on in, rather than a new one
         self._logged_through = -1  # the last step a resumed run had logged: computed again, not logged twice
@@ -135,6 +114,8 @@ class MlflowTracker(Recorder):
             # the run's description in the UI: the command that makes it again
             "mlflow.note.content": names.command(overrides),
         }
+        if self.step is not None:  # one more line: where its code is
+            tags["mlflow.note.content"] += "\n\n" + code.line(self.step)
         self.note = tags["mlflow.note.content"]
         if c.get("preset"):
             tags["preset"] = c.preset
@@ -144,6 +125,8 @@ class MlflowTracker(Recorder):
             tags["mlflow.source.git.commit"] = commit
         if slurm_job.active():
             tags[SLURM_TAG] = slurm_job.job_id()
+        if sweep_dir() and HydraConfig.initialized():
+            tags[JOB_TAG] = str(HydraConfig.get().job.num)  # the job's place in its sweep (the lesson's order)
         parent = None
         if sweep := sweep_dir():
             parent = find_parent_run(self.client, exp_id, sweep)
@@ -158,6 +141,8 @@ class MlflowTracker(Recorder):
             params = [Param(k, v) for k, v in flatten(self.cfg).items()]
             send(self.client.log_batch, self.run_id, params=params, synchronous=True, timeout=self.server_timeout,
                  server=self._server)
+            if self.step is not None:
+                self._write({"op": "folder", "path": str(code.folder(self.step, self._scratch())), "dir": "code"})
         except BaseException as e:  # once the run exists, it must not stay RUNNING
             if self.run is not None:
                 with contextlib.suppress(Exception):
@@ -307,11 +292,15 @@ class MlflowTracker(Recorder):
         self.spool = Spool.create(folder, self.client.tracking_uri, self.run_id, self.run.info.run_name)
         log.warning("the tracking server is away: this run's record goes on in %s", folder)
 
-    def _file(self, name: str, text: str | None = None, figure: Any = None, arrays: Any = None) -> dict[str, Any]:
-        """An artifact written to a local folder first (text, a figure, or arrays as .npz): a file operation."""
+    def _scratch(self) -> Path:
+        """The local folder where artifacts are written before they are sent (removed when the run closes)."""
         if self._files is None:
             self._files = Path(tempfile.mkdtemp(prefix="backproplab-record-"))
-        path = self._files / name
+        return self._files
+
+    def _file(self, name: str, text: str | None = None, figure: Any = None, arrays: Any = None) -> dict[str, Any]:
+        """An artifact written to a local folder first (text, a figure, or arrays as .npz): a file operation."""
+        path = self._scratch() / name
         if figure is not None:
             figure.savefig(path)
         elif arrays is not None:
@@ -398,6 +387,11 @@ class MlflowTracker(Recorder):
         self._write(self._file("fit.json", json.dumps(fit)))
         self._write(self._file("fit.png", figure=fit_plot(fit, f"{self.run.info.run_name}: {text}")))
 
+    def log(self, metrics: dict[str, float]) -> None:
+        """More metrics of the run (its gradients' agreement with the reference, ...)."""
+        now = int(time.time() * 1000)
+        self._write({"op": "metrics", "metrics": [(k, float(v), now, 0) for k, v in metrics.items()]})
+
     def log_weights(self, result: Any) -> None:
         """A torch module as an MLflow model; numpy's and TensorFlow's arrays as ``weights.npz``."""
         if result.model is not None:
@@ -423,10 +417,11 @@ def amend_reason(cfg: DictConfig, run_id: str | None, reason: str) -> None:
              server=client.tracking_uri.startswith(("http://", "https://")))
 
 
-def make_tracker(cfg: DictConfig, auto_keys: Sequence[str] = (), resume: str | None = None) -> Recorder:
+def make_tracker(cfg: DictConfig, auto_keys: Sequence[str] = (), resume: str | None = None,
+                 step: dict[str, Any] | None = None) -> Recorder:
     """The run's record: MLflow (on rank 0), else the in-memory recorder. ``auto_keys``: the config keys the run
     resolved from ``auto`` itself, whose params say what it chose; ``resume``: a run to go on in (a Slurm job's,
-    restarted)."""
+    restarted); ``step``: the code of its step, logged under code/."""
     if cfg.logger.name == "mlflow" and is_rank_zero():
-        return MlflowTracker(cfg, auto_keys, resume)
+        return MlflowTracker(cfg, auto_keys, resume, step)
     return Recorder(cfg.trainer.get("divergence_factor"))

@@ -30,6 +30,7 @@ OPEN_TAG = "backproplab.open_id"  # a run's opening request: a retried create fi
 SWEPT_TAG = "backproplab.swept"  # on the parent: the keys the sweep varies, which the children's names show
 # on a run: the keys it was asked to choose itself (trainer.threads=auto); their params hold what it chose
 AUTO_TAG = "backproplab.auto"
+JOB_TAG = "backproplab.job"  # on a sweep's child run: its job number, the sweep's order
 SLURM_TAG = "backproplab.slurm_job"  # on a run made by a Slurm job: its job id (<array>_<task>)
 RESTARTS_TAG = "backproplab.slurm_restarts"  # on a run that went on after Slurm restarted its job: how many times
 
