@@ -76,8 +76,6 @@ docs: $(STAMP)
 	$(PY) scripts/config_docs.py
 
 # ... and its pictures, from real runs: make examples and examples-sine, then MLflow's UI in headless Chromium,
-# driven by Playwright (the [docs] extra, installed here; ~2 min). ARGS=--check only says which pictures their
-# drawing code has changed since.
+# driven by Playwright (~2 min). ARGS=--check only says which pictures their drawing code has changed since.
 docs-images: $(STAMP)
-	$(PY) -m pip install -q -c constraints.txt -e '.[docs]'
 	$(PY) scripts/docs_images.py $(ARGS)

@@ -86,7 +86,7 @@ def healthy(port: int) -> bool:
 
 
 def ui_pictures(work: Path) -> None:
-    """MLflow's UI on the examples' store, in headless Chromium driven by Playwright (the [docs] extra): the runs
+    """MLflow's UI on the examples' store, in headless Chromium driven by Playwright (the [dev] extra): the runs
     table with the sweep opened and its final losses, and the optim run's page with its loss chart. The assistant
     panel that MLflow 3.17 opens on a fresh browser profile is closed first."""
     import mlflow

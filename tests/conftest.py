@@ -97,6 +97,16 @@ def closed_port() -> Iterator[int]:
         yield s.getsockname()[1]
 
 
+def chromium() -> str | None:
+    """The system's Chromium (the tests that look at pages drive it headless), or None; under CI it must be there."""
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.environ.get("CI") == "true":
+        pytest.fail("chromium is missing: .ci/run installs it (apt-get install chromium)")
+    return found
+
+
 def gpu_available() -> bool:
     import torch
 

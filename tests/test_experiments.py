@@ -5,6 +5,8 @@ the imports are paid once), which is also the documented way to run them all."""
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO, Workspace
@@ -106,3 +108,104 @@ def test_experiment_record_is_complete(nine: Workspace, name: str) -> None:
     if name == "dynamic":
         schedule = json.load(open(client.download_artifacts(run.info.run_id, "repeat_schedule.json")))
         assert len(schedule) == 500 and set(schedule) == {0, 1, 2, 3}
+
+
+# what shows that a section's step is its own way's: a line only that trainer (or its model) has
+OWN_LINE = {
+    "numpy": "grad_h_relu = grad_y_pred.dot(w2.T)",  # the numpy backward, by hand
+    "tensor": "grad_h_relu = grad_y_pred.mm(w2.t())",
+    "autograd": "loss.backward()",
+    "function": "class MyReLU(torch.autograd.Function):",
+    "tensorflow": "tf.gradients(loss, list(params.values()))",  # the TF1 graph's step
+    "nn": "nn.Sequential(nn.Linear(d_in, hidden, bias=bias), nn.ReLU()",
+    "optim": "nn.Sequential(nn.Linear(d_in, hidden, bias=bias), nn.ReLU()",
+    "module": "class TwoLayerNet(nn.Module):",
+    "dynamic": "class DynamicNet(nn.Module):",
+}
+
+
+def lesson_sections(page: str) -> dict[str, str]:
+    """The lesson page's sections, by run name, in the page's order."""
+    import html
+    import re
+
+    parts = re.split(r'<section id="', page)[1:]
+    return {part.split('"')[0]: html.unescape(re.sub(r"<[^>]+>", "", part)) for part in parts}
+
+
+def test_the_lesson_shows_each_ways_step_beside_its_curve(nine: Workspace) -> None:
+    """make examples' lesson page: the nine ways in the tutorial's order, each with the code of its own step, its
+    curve (ten pictures: the overlay and nine curves), and its gradients' agreement with autograd."""
+    (path,) = nine.path.glob("multirun/*/*/report/lesson.html")
+    page = path.read_text()
+    sections = lesson_sections(page)
+    assert list(sections) == list(EXPERIMENTS)  # the sweep's order, which is the tutorial's
+    for name, text in sections.items():
+        assert OWN_LINE[name] in text, name
+        assert "loop per step" in text and "gradients vs autograd" in text
+    for only in ("numpy", "function", "tensorflow"):  # the ways' own code is in their section alone
+        assert [n for n, text in sections.items() if OWN_LINE[only] in text] == [only]
+    assert page.count("<img ") == 10 and page.count("data:image/png;base64,") == 10
+    assert "<script" not in page and "http://" not in page.split("</h1>", 1)[1]  # self-contained
+    for name, run in nine.children.items():
+        assert run.data.metrics["verify/grad_rel_diff"] <= 1e-10, name
+    parent = next(r for r in nine.runs() if "mlflow.parentRunId" not in r.data.tags)
+    assert "lesson.html" in {a.path for a in nine.client().list_artifacts(parent.info.run_id)}
+    out = nine.proc.stdout
+    assert f"/runs/{parent.info.run_id}/artifacts/lesson.html" in out and str(path) in out  # where to open it
+
+
+def test_a_runs_code_is_its_source_files(nine: Workspace, tmp_path) -> None:
+    """Each run logs the files of its step whole under code/, and its description names them."""
+    client = nine.client()
+    for name, files in (("numpy", ["trainers/numpy.py"]),
+                        ("function", ["trainers/function.py", "functions.py", "trainers/autograd.py"]),
+                        ("module", ["trainers/lightning.py", "models.py"])):
+        run = nine.children[name]
+        folder = Path(client.download_artifacts(run.info.run_id, "code", str(tmp_path / name)))
+        for file in files:
+            assert (folder / file).read_text() == (REPO / "src" / "backproplab" / file).read_text(), file
+        step = json.loads((folder / "step.json").read_text())
+        assert step["files"] == files and step["regions"], name
+        assert "Code (artifacts code/): " + ", ".join(files) in run.data.tags["mlflow.note.content"]
+
+
+def test_the_lesson_renders_in_mlflows_ui_and_as_a_file(nine: Workspace, tmp_path) -> None:
+    """Headless Chromium, through mlflow ui at the parent run's artifact page (the page in the UI's viewer) and as
+    a local file: the text shows, each section's code is visible, and every picture loads."""
+    from conftest import chromium, clean_env, serve, stop
+
+    browser_path = chromium()
+    if browser_path is None:
+        pytest.skip("chromium is not installed (apt-get install chromium); CI installs it")
+    from playwright.sync_api import sync_playwright
+
+    (path,) = nine.path.glob("multirun/*/*/report/lesson.html")
+    parent = next(r for r in nine.runs() if "mlflow.parentRunId" not in r.data.tags)
+    ui, port = serve(lambda port: [sys.executable, str(REPO / "scripts" / "ui.py"), "--port", str(port)],
+                     tmp_path / "ui.log", cwd=nine.path, env=clean_env())
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            views = {}
+            page.goto(f"http://127.0.0.1:{port}/#/experiments/{parent.info.experiment_id}/runs/"
+                      f"{parent.info.run_id}/artifacts/lesson.html?workflowType=machine_learning")
+            views["ui"] = page.frame_locator("iframe.mlflow-html-iframe")
+            views["ui"].get_by_text("One computation, 9 ways").wait_for(timeout=120_000)
+            page.screenshot(path=tmp_path / "lesson-in-ui.png")
+            file_page = browser.new_page(viewport={"width": 1400, "height": 900})
+            file_page.goto(path.as_uri())
+            views["file"] = file_page
+            file_page.screenshot(path=tmp_path / "lesson-file.png", full_page=True)
+            for where, view in views.items():
+                for name in EXPERIMENTS:
+                    assert view.locator(f"section[id='{name}'] .hl").first.is_visible(), (where, name)
+                    assert view.locator(f"section[id='{name}']").get_by_text(OWN_LINE[name].split("(")[0]).count()
+                images = view.locator("img")
+                assert images.count() == 10, where
+                for i in range(10):
+                    assert images.nth(i).evaluate("i => i.complete && i.naturalWidth > 0"), (where, i)
+            browser.close()
+    finally:
+        stop(ui)

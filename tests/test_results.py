@@ -3,15 +3,13 @@ UI in a real browser, run names, the checkpoint footprint, early divergence, --h
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TRAIN, Workspace, clean_env, gpu_available, serve, stop
+from conftest import REPO, TRAIN, Workspace, chromium, clean_env, gpu_available, serve, stop
 
 PYTHON_CHECK = """
 import mlflow, torch
@@ -59,13 +57,6 @@ def test_old_store_under_mlruns_is_named_with_how_to_keep_it(ws: Workspace) -> N
     proc = ws.train("trainer=numpy", "trainer.max_steps=5")
     assert f"logger.tracking_uri=sqlite:///{old}" in proc.stdout + proc.stderr
     assert len(ws.runs_at(f"sqlite:///{old}")) == 1 and len(ws.runs()) == 1  # nothing recorded is lost
-
-
-def chromium() -> str | None:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None and os.environ.get("CI") == "true":
-        pytest.fail("chromium is missing: .ci/run installs it (apt-get install chromium)")
-    return found
 
 
 @pytest.mark.slow

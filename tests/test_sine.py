@@ -153,3 +153,26 @@ def test_verify_finds_three_or_more_ways_equal(model: str, capsys: pytest.Captur
     verdicts = [line.split("│")[-2].strip() for line in out.splitlines() if line.count("│") > 2]
     ok = [v for v in verdicts if v in ("ok", "reference")]
     assert len(ok) >= 3, out
+
+
+def test_the_lesson_shows_each_fit_over_sin_and_its_formula(eight: Workspace) -> None:
+    """make examples-sine's lesson page: each of the eight ways with its step's code, its curve, and its fitted
+    curve over sin(x) with the formula; the ways the reference trains say how close their gradients are."""
+    import html
+    import re
+
+    (path,) = eight.path.glob("multirun/*/*/report/lesson.html")
+    page = path.read_text()
+    names = re.findall(r'<section id="([^"]+)"', page)
+    assert names == [f"sine_{n}" for n in SINE]  # the sweep's order
+    assert page.count("<img ") == 1 + 8 + 8  # the overlay, and each way's curve and fit
+    text = html.unescape(page)
+    for name in SINE:
+        formula = eight.children[name].data.tags["fit.formula"]
+        assert formula in text and f'alt="fit of sine_{name}"' in page, name
+    function = html.unescape(re.sub(r"<[^>]+>", "", page.split('id="sine_function"')[1].split("<section")[0]))
+    assert "class LegendrePolynomial3(torch.autograd.Function):" in function  # its step's own Function
+    for name, run in eight.children.items():  # poly_nn and poly_dynamic are not autograd's: no figure
+        agreement = run.data.metrics.get("verify/grad_rel_diff")
+        assert agreement is None or agreement <= 1e-10, name
+    assert sum(r.data.metrics.get("verify/grad_rel_diff") is not None for r in eight.children.values()) >= 4

@@ -64,10 +64,12 @@ def command(overrides: Sequence[str], multirun: bool = False) -> str:
     return shlex.join([*prog, *(["-m"] if multirun else []), *overrides])
 
 
-def run_page(tracking_uri: str, experiment_id: str, run_id: str, default_store: bool) -> str:
-    """The run's page in MLflow's UI: the server's own address for a tracking server, else the address
-    that ``make ui`` (or ``mlflow ui --backend-store-uri ...``) serves, with how to start it."""
-    path = f"/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING}"
+def run_page(tracking_uri: str, experiment_id: str, run_id: str, default_store: bool, artifact: str = "") -> str:
+    """The run's page in MLflow's UI (or one of its artifacts, opened in the UI's artifact view): the server's own
+    address for a tracking server, else the address that ``make ui`` (or ``mlflow ui --backend-store-uri ...``)
+    serves, with how to start it."""
+    tab = f"/artifacts/{artifact}" if artifact else ""
+    path = f"/#/experiments/{experiment_id}/runs/{run_id}{tab}?{MODEL_TRAINING}"
     if tracking_uri.startswith(("http://", "https://")):
         return server_address(tracking_uri) + path
     how = "make ui, or mlflow ui here"

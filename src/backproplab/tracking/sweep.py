@@ -97,15 +97,25 @@ class MlflowSweepCallback(Callback):
         print(f"[backproplab] MLflow parent run {self.parent_id} for sweep {sweep}", flush=True)
 
     def _report(self, uri: str, config: DictConfig) -> None:
-        """The comparison report (curves + table), in the sweep dir and on the parent run."""
+        """The comparison report (curves + table) and the lesson page (each run's code beside its curve), in the
+        sweep dir and on the parent run."""
+        from backproplab.tracking import names
+        from backproplab.tracking.lesson import NAME, make_lesson
         from backproplab.tracking.report import make_report
+        from backproplab.tracking.store import chosen_uri
 
+        out = Path(config.hydra.sweep.dir) / "report"
         try:
-            out = Path(config.hydra.sweep.dir) / "report"
             make_report(uri, config.logger.experiment_name, self.parent_id, out)
             print(f"[backproplab] report: {out}/report.md", flush=True)
         except Exception as e:  # a report problem must not change the sweep's outcome
             print(f"[backproplab] report skipped: {e}", flush=True)
+        try:
+            path = make_lesson(uri, self.parent_id, out)
+            page = names.run_page(uri, self.exp_id, self.parent_id, chosen_uri(config.logger) is None, NAME)
+            print(f"[backproplab] lesson: {page}; the file: {path.resolve()}", flush=True)
+        except Exception as e:
+            print(f"[backproplab] lesson skipped: {e}", flush=True)
 
     def _close_unended(self, client: Any) -> None:
         if not self.ended:
