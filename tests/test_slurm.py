@@ -142,7 +142,7 @@ def test_a_failed_job_and_a_cancelled_one_are_named_by_the_sweep(ws: Workspace, 
                  "logger.flush_seconds=0.2")
     try:
         def logging_job() -> object:
-            found = [r for r in ws.runs(children_only=True) if r.data.params["optim.lr"] == "1e-07"]
+            found = [r for r in ws.runs(children_only=True) if r.data.params.get("optim.lr") == "1e-07"]
             return found[0] if found and steps(ws, found[0].info.run_id) else None
 
         wait_for(proc, logging_job, "the long job did not log", timeout=180)
