@@ -68,7 +68,7 @@ def test_single_run_record_is_complete(ws: Workspace) -> None:
     assert ws.db.is_file() and (ws.path / "mlruns" / "backproplab").is_dir()  # MLflow's default store, here
 
 
-def test_logged_dynamic_model_loads_and_still_varies_its_depth(sweep: Workspace) -> None:
+def test_logged_dynamic_model_serves_one_depth_and_trains_at_random_ones(sweep: Workspace) -> None:
     import mlflow.pytorch
     import torch
 
@@ -80,8 +80,11 @@ def test_logged_dynamic_model_loads_and_still_varies_its_depth(sweep: Workspace)
     model = mlflow.pytorch.load_model(mlflow_uri_model)
     x = torch.randn(4, 1000)
     with torch.no_grad():
-        outputs = {tuple(model(x).flatten().tolist()) for _ in range(40)}
-    assert len(outputs) > 1  # several depths, drawn per forward pass like the tutorial
+        assert not model.training  # logged in eval mode: its deepest path, the served rule (backproplab.forward)
+        assert len({tuple(model(x).flatten().tolist()) for _ in range(10)}) == 1
+        assert torch.equal(model(x), model(x, repeats=model.max_repeats))
+        model.train()  # training mode: the depth drawn per forward pass, like the tutorial
+        assert len({tuple(model(x).flatten().tolist()) for _ in range(40)}) > 1
 
 
 def test_same_seed_same_curve_other_seed_other_curve(ws: Workspace) -> None:

@@ -36,8 +36,9 @@ class TwoLayerNet(nn.Module):
 class DynamicNet(nn.Module):
     """The "Control flow + weight sharing" model: the middle layer is reused 0..max_repeats times.
 
-    Training passes the seeded schedule's ``repeats``; without it the forward pass draws them like the
-    tutorial does, so a loaded model still varies its depth.
+    Training passes the seeded schedule's ``repeats``; without it, a model in training mode draws them like the
+    tutorial does, and one in eval mode (``model.eval()``, as logged) takes its deepest path, ``max_repeats``: the
+    served rule of backproplab.forward, deterministic.
     """
 
     def __init__(self, d_in: int, hidden: int, d_out: int, bias: bool = True, max_repeats: int = 3):
@@ -49,7 +50,7 @@ class DynamicNet(nn.Module):
 
     def forward(self, x: torch.Tensor, repeats: int | None = None) -> torch.Tensor:
         if repeats is None:
-            repeats = random.randint(0, self.max_repeats)
+            repeats = random.randint(0, self.max_repeats) if self.training else self.max_repeats
         h_relu = self.input_linear(x).clamp(min=0)
         for _ in range(repeats):
             h_relu = self.middle_linear(h_relu).clamp(min=0)
@@ -117,8 +118,8 @@ def poly_nn() -> nn.Sequential:
 class DynamicPolynomial(nn.Module):
     """The sine edition's DynamicNet: a cubic plus 0..max_extra_terms terms e x^4, e x^5, ... sharing e.
 
-    Training passes the seeded schedule's count (``repeats``); without it the forward pass draws it like the
-    tutorial does."""
+    Training passes the seeded schedule's count (``repeats``); without it, a model in training mode draws it like
+    the tutorial does, and one in eval mode takes every extra term (backproplab.forward's served rule)."""
 
     def __init__(self, max_extra_terms: int = 2):
         super().__init__()
@@ -127,7 +128,7 @@ class DynamicPolynomial(nn.Module):
 
     def forward(self, x: torch.Tensor, repeats: int | None = None) -> torch.Tensor:
         if repeats is None:
-            repeats = random.randint(0, self.max_extra_terms)
+            repeats = random.randint(0, self.max_extra_terms) if self.training else self.max_extra_terms
         y = self.a + self.b * x + self.c * x**2 + self.d * x**3
         for exp in range(4, 4 + repeats):  # the same e for every extra term
             y = y + self.e * x**exp

@@ -30,6 +30,9 @@ class Result:
     model: Any = None  # the trained torch.nn.Module, for the torch trainers
     grads0: dict[str, np.ndarray] = field(default_factory=dict)  # gradients of the first step
     timings: dict[str, float] = field(default_factory=dict)  # more than the loop, logged as time/<key> (compile_s)
+    # the trainer's own forward pass of its final weights on problem.x (a dynamic model: its served depth,
+    # backproplab.forward.served_repeats): what the logged model must predict
+    outputs: np.ndarray | None = None
 
 
 class Diverged(RuntimeError):

@@ -3,7 +3,7 @@ of parameters (conf/model/poly3.yaml, legendre3, poly_nn, poly_dynamic).
 
 Each of those models' yaml names its parameters (``params``), how they start (``init``, ``start``) and how its
 fit reads (``formula``); this module draws them from the run's seed and evaluates the fit on x for the record
-(``curves``: the same math as the trainers' forward passes, in numpy).
+(``curves``: backproplab.forward's numpy passes, the same math as the trainers').
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from functools import partial
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from backproplab.forward import SINE
 from backproplab.problem import Problem, streams
 
 Weights = dict[str, np.ndarray]
@@ -29,7 +30,7 @@ def make(cfg: DictConfig) -> Problem:
     if "max_extra_terms" in cfg.model:  # the dynamic model: how many of e x^4, e x^5, ... at each step
         # the tutorial's random.randint(4, 6) at every forward pass (terms 4 .. k-1), drawn up front from the seed
         repeats = schedule_rng.integers(0, cfg.model.max_extra_terms + 1, size=cfg.trainer.max_steps)
-    form = FORMS[cfg.model.name]
+    form = SINE[cfg.model.name]
     shapes = int(cfg.model.get("max_extra_terms", -1)) + 1  # 0: not dynamic
     template = str(cfg.model.formula)
     for exp in range(4, 4 + int(cfg.model.get("max_extra_terms", 0))):  # the terms a step may add, marked "?"
@@ -76,30 +77,3 @@ def curves(form: Callable[..., np.ndarray], x: np.ndarray, shapes: int, weights:
     if shapes == 0:
         return {"fit": form(w, x)}
     return {f"{k} extra term{'s' * (k != 1)}": form(w, x, k) for k in range(shapes)}
-
-
-# -- each model's forward pass in numpy ----------------------------------------------------------------------
-def poly3(w: Weights, x: np.ndarray) -> np.ndarray:
-    return w["a"] + w["b"] * x + w["c"] * x**2 + w["d"] * x**3
-
-
-def legendre3(w: Weights, x: np.ndarray) -> np.ndarray:
-    z = w["c"] + w["d"] * x
-    return w["a"] + w["b"] * 0.5 * (5 * z**3 - 3 * z)
-
-
-def poly_nn(w: Weights, x: np.ndarray) -> np.ndarray:
-    features = np.stack([x, x**2, x**3], axis=-1)  # (x, x^2, x^3) -> Linear(3, 1) -> Flatten(0, 1)
-    return (features @ w["w1"] + w["b1"])[:, 0]
-
-
-def poly_dynamic(w: Weights, x: np.ndarray, extra: int) -> np.ndarray:
-    y = poly3(w, x)
-    for exp in range(4, 4 + extra):  # every extra term shares e
-        y = y + w["e"] * x**exp
-    return y
-
-
-FORMS: dict[str, Callable[..., np.ndarray]] = {
-    "poly3": poly3, "legendre3": legendre3, "poly_nn": poly_nn, "poly_dynamic": poly_dynamic,
-}

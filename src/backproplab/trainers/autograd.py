@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from backproplab.forward import served_repeats
 from backproplab.problem import Problem
 from backproplab.steps import OnStep, Result
 from backproplab.trainers._torch import device, to_numpy, to_torch
@@ -104,4 +105,6 @@ def train(
                     w.grad.zero_()
         # lesson: end
     loop_s = time.perf_counter() - start
-    return Result(weights=to_numpy(params), loop_s=loop_s, grads0=grads0)
+    with torch.no_grad():  # what its logged model must predict
+        outputs = forward(params, x, served_repeats(cfg.model)).cpu().numpy()
+    return Result(weights=to_numpy(params), loop_s=loop_s, grads0=grads0, outputs=outputs)

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from omegaconf import DictConfig
 
+from backproplab.forward import served_repeats
 from backproplab.optimizers import Rule, rule
 from backproplab.problem import Problem
 from backproplab.steps import OnStep, Result
@@ -123,4 +124,5 @@ def _train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
             grads0 = {name: np.asarray(g) for name, g in grads.items()}
     loop_s = time.perf_counter() - start
     weights = {name: np.asarray(p) for name, p in params.items()}
-    return Result(weights=weights, loop_s=loop_s, grads0=grads0, timings={"compile_s": compile_s})
+    outputs = np.asarray(forward(params, x, served_repeats(cfg.model)))  # what its logged model must predict
+    return Result(weights=weights, loop_s=loop_s, grads0=grads0, timings={"compile_s": compile_s}, outputs=outputs)

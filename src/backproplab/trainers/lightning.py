@@ -281,4 +281,8 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
         reporter.replay(trainer, on_step)
     if checkpointing:  # collective under DDP: every rank calls it, rank 0 writes
         trainer.save_checkpoint(f"{t.checkpoint_dir}/last.ckpt")
-    return Result(weights=export_weights(net), loop_s=loop_s, model=net, grads0=reporter.grads0)
+    net = net.cpu().eval()  # as it is logged: a dynamic model served at its deepest path (backproplab.forward)
+    with torch.no_grad():  # what its logged model must predict
+        dtype = next(net.parameters()).dtype
+        outputs = net(torch.from_numpy(problem.x).to(dtype)).numpy()
+    return Result(weights=export_weights(net), loop_s=loop_s, model=net, grads0=reporter.grads0, outputs=outputs)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 from omegaconf import DictConfig
 
+from backproplab.forward import served_repeats
 from backproplab.problem import Problem
 from backproplab.steps import OnStep, Result
 
@@ -126,4 +127,5 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
             w -= learning_rate * grads[name]
         # lesson: end
     loop_s = time.perf_counter() - start
-    return Result(weights=params, loop_s=loop_s, grads0=grads0)
+    outputs, _ = model(params, x, served_repeats(cfg.model))  # what its logged model must predict
+    return Result(weights=params, loop_s=loop_s, grads0=grads0, outputs=outputs)

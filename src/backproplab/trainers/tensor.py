@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from omegaconf import DictConfig
 
+from backproplab.forward import served_repeats
 from backproplab.problem import Problem
 from backproplab.steps import OnStep, Result
 from backproplab.trainers._torch import device, to_numpy, to_torch
@@ -109,4 +110,5 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
             w -= learning_rate * grads[name]
         # lesson: end
     loop_s = time.perf_counter() - start
-    return Result(weights=to_numpy(params), loop_s=loop_s, grads0=to_numpy(grads0))
+    outputs, _ = model(params, x, served_repeats(cfg.model))  # what its logged model must predict
+    return Result(weights=to_numpy(params), loop_s=loop_s, grads0=to_numpy(grads0), outputs=outputs.cpu().numpy())

@@ -111,4 +111,5 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
         # lesson: end
         loop_s = time.perf_counter() - start
         weights = sess.run(params)
-    return Result(weights=weights, loop_s=loop_s, grads0=grads0)
+        outputs = sess.run(y_pred, feed_dict={x: problem.x})  # what its logged model must predict
+    return Result(weights=weights, loop_s=loop_s, grads0=grads0, outputs=outputs)

@@ -24,6 +24,7 @@ import tensorflow as tf
 import numpy as np
 from omegaconf import DictConfig
 
+from backproplab.forward import served_repeats
 from backproplab.optimizers import rule
 from backproplab.problem import Problem
 from backproplab.steps import OnStep, Result
@@ -93,5 +94,6 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
                 grads0 = {n: (np.zeros(p.shape, p.dtype.as_numpy_dtype) if g is None else g.numpy())
                           for (n, p), g in zip(params.items(), grads, strict=True)}
         loop_s = time.perf_counter() - start
+        outputs = forward(tf.constant(served_repeats(cfg.model), tf.int32)).numpy()  # what its model must predict
     weights = {n: p.numpy() for n, p in params.items()}
-    return Result(weights=weights, loop_s=loop_s, grads0=grads0, timings={"compile_s": trace_s})
+    return Result(weights=weights, loop_s=loop_s, grads0=grads0, timings={"compile_s": trace_s}, outputs=outputs)
