@@ -215,7 +215,7 @@ def started_postgres() -> Postgres:
 # Fixtures that start the CLI, sweeps, servers, a cluster or the benchmark in processes of their own: a test that
 # uses one is `slow`, so `make test-quick` (-m "not slow") is the unit-level tier, without them.
 SLOW_FIXTURES = {"ws", "six", "quick", "nine", "sweep", "empty_store", "sweeps", "eight", "cluster",
-                 "mlflow_server", "server", "team"}
+                 "mlflow_server", "server", "team", "logged"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

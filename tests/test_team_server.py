@@ -134,11 +134,15 @@ def test_a_parallel_sweep_on_postgres_behind_a_login(ws: Workspace, team: TeamSe
     proc = ws.train(
         "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer=numpy",
         "optim.lr=5e-5,1e-4,1.5e-4,2e-4", "logger.flush_every=50", f"logger.tracking_uri={team.uri}",
-        f"logger.experiment_name={experiment}", env=team.login,
+        f"logger.experiment_name={experiment}", f"logger.register={experiment}-net", env=team.login,
     )
     children = team.runs(experiment, children_only=True)
     assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
     client = team.client()
+    # the best child's model, registered through the server behind its login
+    (version,) = client.search_model_versions(f"name = '{experiment}-net'")
+    assert version.run_id == min(children, key=lambda r: r.data.metrics["final_loss"]).info.run_id
+    assert client.get_model_version_by_alias(f"{experiment}-net", "champion").version == version.version
     for run in children:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
         assert sorted(steps) == list(range(500)), run.info.run_name

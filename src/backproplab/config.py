@@ -124,6 +124,13 @@ def validate(cfg: DictConfig) -> None:
             secs = cfg.logger.get(key, default)
             if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not secs > 0:
                 raise ConfigError(f"logger.{key}={secs!r} is invalid: expected a number of seconds > 0")
+        if (log_model := cfg.logger.get("log_model", True)) not in (True, False):
+            raise ConfigError(f"logger.log_model={log_model!r} is invalid: allowed values are true, false")
+        register = cfg.logger.get("register")
+        if register is not None and not (isinstance(register, str) and register.strip()):
+            raise ConfigError(f"logger.register={register!r} is invalid: expected a registered model's name, or null")
+        if register is not None and not log_model:
+            raise ConfigError("logger.register needs logger.log_model=true (there is no model to register)")
     if "checkpoint_every" in cfg.trainer:
         _int(cfg, "trainer.checkpoint_every", 0)
     if "keep_checkpoints" in cfg.trainer:

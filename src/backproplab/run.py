@@ -17,7 +17,7 @@ from backproplab.problem import make_problem
 from backproplab.runtime import hydra_overrides, job_dir, mask_hydra_outputs, mask_logs, sweep_dir
 from backproplab.slurm import job as slurm_job
 from backproplab.steps import Diverged, Recorder
-from backproplab.tracking import TrackingError, amend_reason, make_tracker, record_refusal
+from backproplab.tracking import TrackingError, amend_reason, make_tracker, record_refusal, register_run
 from backproplab.trainers import registry
 
 log = logging.getLogger("backproplab")
@@ -150,6 +150,8 @@ def train(cfg: DictConfig, opened: Callable[[Recorder], None] | None = None) -> 
             f", mlflow run {rec.run_id}" if rec.run_id else "",
         )
     slurm_job.note_finished(job_dir(), final)
+    if rec.run_id and cfg.logger.get("register") and sweep_dir() is None:  # a sweep registers its best job's
+        register_run(cfg, rec.run_id)
     return final
 
 

@@ -25,7 +25,7 @@ from backproplab import signals
 from backproplab.runtime import git_commit, hydra_overrides, is_rank_zero, mask_secrets, sweep_dir
 from backproplab.slurm import job as slurm_job
 from backproplab.steps import Recorder
-from backproplab.tracking import code, names
+from backproplab.tracking import code, logged_model, names
 from backproplab.tracking.figures import fit_plot, loss_curve
 from backproplab.tracking.params import flatten, resolved_yaml
 from backproplab.tracking.spool import ServerAway, Spool, apply, bound_http_retries, send
@@ -365,7 +365,7 @@ class MlflowTracker(Recorder):
         # the training data as an MLflow dataset input: the UI's Dataset column says what the run trained on
         self._write({"op": "dataset", "name": problem.name, "object": (problem.x, problem.y)})
         self.log_fit(result, problem)
-        self.log_weights(result)
+        self.log_weights(result, problem)
 
     def log_fit(self, result: Any, problem: Any) -> None:
         """A formula model's fit: the formula (tag ``fit.formula``, ``result.txt``, the description's second line),
@@ -392,12 +392,13 @@ class MlflowTracker(Recorder):
         now = int(time.time() * 1000)
         self._write({"op": "metrics", "metrics": [(k, float(v), now, 0) for k, v in metrics.items()]})
 
-    def log_weights(self, result: Any) -> None:
-        """A torch module as an MLflow model; numpy's and TensorFlow's arrays as ``weights.npz``."""
-        if result.model is not None:
-            self._write({"op": "model", "object": result.model.cpu(), "experiment_id": self.experiment_id})
-        else:
-            self._write(self._file("weights.npz", arrays=result.weights))
+    def log_weights(self, result: Any, problem: Any) -> None:
+        """The final weights, ``weights.npz`` in problem.py's naming, and the run's model (tracking.logged_model)."""
+        weights = self._file("weights.npz", arrays=result.weights)
+        self._write(weights)
+        if self.cfg.logger.get("log_model", True):
+            model = logged_model.operation(result, problem, self.cfg.model, self.experiment_id, Path(weights["path"]))
+            self._write(model)
 
 def record_refusal(cfg: DictConfig, error: Exception) -> None:
     """A multirun job whose config was refused still leaves a FAILED child run with the reason, so that the

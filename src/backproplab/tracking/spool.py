@@ -132,7 +132,9 @@ def apply(client: Any, run_id: str, op: dict[str, Any], base: Path = Path("/")) 
     elif kind == "dataset":
         _log_dataset(client, run_id, op, path)
     elif kind == "model":
-        _log_model(client, run_id, op, path)
+        from backproplab.tracking.logged_model import log_model
+
+        log_model(client, run_id, op, path)
     elif kind == "end":
         client.set_terminated(run_id, op["status"])
     else:
@@ -163,33 +165,6 @@ def _log_dataset(client: Any, run_id: str, op: dict[str, Any], path: Path | None
         if not duplicate_key(e):
             raise
         client.log_inputs(run_id, datasets=inputs)
-
-
-def _log_model(client: Any, run_id: str, op: dict[str, Any], path: Path | None) -> None:
-    """A torch module as an MLflow model of the run (pickle format: the default, pt2, traces one path through
-    ``forward()``, which is wrong for the dynamic net's Python control flow; MLflow warns, we chose it knowingly).
-    Explicit requirements: MLflow's inference of them costs seconds per run."""
-    import mlflow
-    import mlflow.pytorch
-    import torch
-
-    model = op["object"] if "object" in op else torch.load(path, weights_only=False)
-    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-    if mlflow.get_tracking_uri() != client.tracking_uri:
-        mlflow.set_tracking_uri(client.tracking_uri)
-    # with no active run, a logged model goes to the current experiment: the run's, for this call only
-    before = os.environ.get("MLFLOW_EXPERIMENT_ID")
-    os.environ["MLFLOW_EXPERIMENT_ID"] = op["experiment_id"]
-    try:
-        mlflow.pytorch.log_model(
-            model, name="model", run_id=run_id, serialization_format="pickle",
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        )
-    finally:
-        if before is None:
-            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-        else:
-            os.environ["MLFLOW_EXPERIMENT_ID"] = before
 
 
 # -- the spool ---------------------------------------------------------------------------------------------

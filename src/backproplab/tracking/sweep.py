@@ -154,7 +154,8 @@ class MlflowSweepCallback(Callback):
             (Path(config.hydra.runtime.output_dir) / "FAILED").touch()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from backproplab.runtime import mask_hydra_outputs
+        from backproplab.runtime import mask_hydra_outputs, mask_secrets
+        from backproplab.tracking.logged_model import register
 
         mask_hydra_outputs(config.hydra.sweep.dir)
         if config.logger.name == "none":
@@ -167,7 +168,8 @@ class MlflowSweepCallback(Callback):
         self.ended = True
         client, _ = self._client(config)
         counts: dict[str, int] = {}
-        for run, status, reason in self._children(client):
+        children = self._children(client)
+        for run, status, reason in children:
             counts[status] = counts.get(status, 0) + 1
             if status != "FINISHED":  # job logs may be in files (submitit, joblib): say why here
                 print(f"[backproplab] {status} {run.info.run_name} ({run.info.run_id[:8]}): {reason}", flush=True)
@@ -179,6 +181,12 @@ class MlflowSweepCallback(Callback):
         client.set_terminated(self.parent_id, "FAILED" if fail_sweep else "FINISHED")
         summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
         print(f"[backproplab] sweep done: {summary or 'no runs'} (parent run {self.parent_id})", flush=True)
+        if name := config.logger.get("register"):  # the best child's model, in MLflow's Model Registry
+            try:
+                print(f"[backproplab] {register(client, name, [run for run, _, _ in children], self.parent_id)}",
+                      flush=True)
+            except Exception as e:  # the sweep's outcome stands; the line says what failed
+                print(f"[backproplab] logger.register={name}: registering failed: {mask_secrets(str(e))}", flush=True)
         self._report(client.tracking_uri, config)
         if fail_sweep:
             sys.exit(1)
