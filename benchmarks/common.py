@@ -64,6 +64,8 @@ TARGETS = {
     "jax_vs_tensor": 1.0,  # jax's loop (compiled before it) / the tensor trainer's loop
     "peer_process": 0.5,  # tracked `experiment=optim` process / the lightning-hydra-template peer (benchmarks/peer)
     "peer_loop": 0.2,  # its loop / the peer's fit
+    "model_later_s": 0.3,  # logging a run's weights and model (log_weights), each later run of a process, seconds
+    "model_process_s": 0.3,  # tracked `train.py trainer=numpy` minus the same with logger.log_model=false, seconds
 }
 
 
