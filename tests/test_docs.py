@@ -47,6 +47,9 @@ ELSEWHERE = {
     "cat > team/basic_auth.ini": "tests/test_team_server.py::team",
     "export MLFLOW_": "tests/test_team_server.py::test_a_parallel_sweep_on_postgres_behind_a_login",
     "mlflow server ": "tests/test_team_server.py::team",
+    "python -c \"import json": "tests/test_models.py::test_mlflow_models_predict_and_serve_answer_plain_json",
+    "mlflow models ": "tests/test_models.py::test_mlflow_models_predict_and_serve_answer_plain_json",
+    "curl -s http://127.0.0.1:5001/invocations": "tests/test_models.py (it posts the same JSON to the server)",
 }
 # make lines that must not run in a test, and the test that covers what they do
 MAKE_NOT_RUN = {
