@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import REPO, Workspace, clean_env, serve, stop
+from conftest import REPO, Workspace, clean_env, healthy, serve, stop
 
 from backproplab.trainers import registry
 
@@ -145,7 +145,8 @@ def test_mlflow_models_predict_and_serve_answer_plain_json(logged: dict[str, Any
     server, port = serve(
         lambda port: mlflow_cli("models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1",
                                 "-p", str(port)),
-        folder / f"{trainer}-serve.log", ready=lambda port: _healthy(port), env=env, start_new_session=True,
+        # the scoring server answers /health as MLflow's tracking server does
+        folder / f"{trainer}-serve.log", ready=healthy, env=env, start_new_session=True,
     )
     try:
         post = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=request.read_bytes(),
@@ -155,14 +156,6 @@ def test_mlflow_models_predict_and_serve_answer_plain_json(logged: dict[str, Any
     finally:
         _stop_group(server)
     assert np.allclose(served, expected, rtol=1e-6, atol=1e-6)
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
@@ -218,3 +211,14 @@ def test_a_bad_register_or_log_model_value_is_refused_in_one_line(ws: Workspace)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: logger.register needs logger.log_model=true (there is no model to register)")
+
+
+def test_a_half_precision_run_is_served_in_its_data_dtype(ws: Workspace) -> None:
+    """A bf16-true run trains in bfloat16 (which numpy lacks); its weights and model come back in float32."""
+    ws.train("trainer.precision=bf16-true", "trainer.max_steps=5")
+    (run,) = ws.runs()
+    load = ("import sys, mlflow, numpy as np; m = mlflow.pyfunc.load_model(sys.argv[1]); "
+            "y = m.predict(np.ones((2, 1000), np.float32)); print(y.dtype, y.shape)")
+    out = subprocess.run([sys.executable, "-c", load, f"runs:/{run.info.run_id}/model"], cwd=ws.path, env=clean_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "float32 (2, 10)", out.stderr[-2000:]

@@ -170,7 +170,8 @@ def export_weights(model: nn.Module, attr: str = "data") -> dict[str, np.ndarray
         value = getattr(p, attr)
         if value is None:  # no gradient: a dynamic model skipped that parameter at that step
             value = torch.zeros_like(p)
-        return value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()  # numpy has no bfloat16
 
     if not _linears(model):
         return {name: read(p).copy() for name, p in model.named_parameters()}

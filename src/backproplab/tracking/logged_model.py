@@ -33,7 +33,10 @@ def operation(result: Any, problem: Any, model_cfg: Any, experiment_id: str, wei
         "example": problem.x[:EXAMPLE_ROWS].tolist(),
     }
     if result.model is not None:
-        return {**op, "object": result.model.cpu().eval()}
+        import torch
+
+        # in the run's dtype, as its signature says (a 16-true or bf16-true run's module is half precision)
+        return {**op, "object": result.model.cpu().eval().to(getattr(torch, str(problem.dtype)))}
     return {**op, "path": str(weights)}
 
 

@@ -284,5 +284,6 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
     net = net.cpu().eval()  # as it is logged: a dynamic model served at its deepest path (backproplab.forward)
     with torch.no_grad():  # what its logged model must predict
         dtype = next(net.parameters()).dtype
-        outputs = net(torch.from_numpy(problem.x).to(dtype)).numpy()
+        outputs = net(torch.from_numpy(problem.x).to(dtype))
+        outputs = (outputs.float() if dtype == torch.bfloat16 else outputs).numpy()  # numpy has no bfloat16
     return Result(weights=export_weights(net), loop_s=loop_s, model=net, grads0=reporter.grads0, outputs=outputs)
