@@ -12,7 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -72,6 +72,15 @@ def job_logs(ws: Workspace) -> str:
     """The tail of every job's log (submitit writes them under the sweep dir): what a failing assert shows."""
     logs = sorted(ws.path.glob("multirun/*/*/.submitit/*/*_log.*"))
     return "\n".join(f"--- {p.name}\n{p.read_text()[-2500:]}" for p in logs)
+
+
+def wait_job(ws: Workspace, proc: subprocess.Popen, ready: Callable[[], object], what: str,
+             timeout: float = 120) -> None:
+    """conftest's wait_for, whose failure also shows the jobs' logs: a job's own error is there."""
+    try:
+        wait_for(proc, ready, what, timeout)
+    except pytest.fail.Exception as e:
+        pytest.fail(f"{e.msg}\n{job_logs(ws)}")
 
 
 def children(ws: Workspace) -> dict[str, object]:
@@ -145,11 +154,11 @@ def test_a_failed_job_and_a_cancelled_one_are_named_by_the_sweep(ws: Workspace, 
             found = [r for r in ws.runs(children_only=True) if r.data.params.get("optim.lr") == "1e-07"]
             return found[0] if found and steps(ws, found[0].info.run_id) else None
 
-        wait_for(proc, logging_job, "the long job did not log", timeout=180)
+        wait_job(ws, proc, logging_job, "the long job did not log", timeout=180)
         run = logging_job()
         slurm(cluster, "scancel", "--signal=USR2", job_of(run))
         before = len(steps(ws, run.info.run_id))
-        wait_for(proc, lambda: len(steps(ws, run.info.run_id)) > before + 100, "the warned job stopped")
+        wait_job(ws, proc, lambda: len(steps(ws, run.info.run_id)) > before + 100, "the warned job stopped")
         assert squeue(cluster)[job_of(run)] == "RUNNING"  # not requeued: it trains on
         slurm(cluster, "scancel", job_of(run))
         out, err = proc.communicate(timeout=180)
@@ -171,7 +180,7 @@ def test_ctrl_c_on_the_sweep_cancels_its_jobs(ws: Workspace, cluster: dict[str, 
     proc = start(ws, cluster, "trainer=numpy", "optim.lr=1e-7,2e-7", "trainer.max_steps=100000000",
                  "logger.flush_seconds=0.2")
     try:
-        wait_for(proc, lambda: len([r for r in ws.runs(children_only=True) if steps(ws, r.info.run_id)]) == 2,
+        wait_job(ws, proc, lambda: len([r for r in ws.runs(children_only=True) if steps(ws, r.info.run_id)]) == 2,
                  "the two jobs did not both log", timeout=180)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=180)
@@ -220,11 +229,11 @@ def test_a_lightning_job_warned_or_requeued_resumes_into_its_run(ws: Workspace, 
                 return None
             return run if len(steps(ws, run.info.run_id)) >= minimum else None
 
-        wait_for(proc, lambda: run_with(1), "the job did not log", timeout=180)
+        wait_job(ws, proc, lambda: run_with(1), "the job did not log", timeout=180)
         slurm(cluster, "scancel", "--signal=USR2", job_of(run_with(1)))
-        wait_for(proc, lambda: run_with(1, "1"), "the warned job did not resume", timeout=180)
+        wait_job(ws, proc, lambda: run_with(1, "1"), "the warned job did not resume", timeout=180)
         logged = len(steps(ws, run_with(1, "1").info.run_id))
-        wait_for(proc, lambda: run_with(logged + 200, "1"), "the resumed job did not log", timeout=180)
+        wait_job(ws, proc, lambda: run_with(logged + 200, "1"), "the resumed job did not log", timeout=180)
         slurm(cluster, "scontrol", "requeue", job_of(run_with(1, "1")))
         out, err = proc.communicate(timeout=300)
     finally:
@@ -239,16 +248,17 @@ def test_a_lightning_job_warned_or_requeued_resumes_into_its_run(ws: Workspace, 
 
 
 def test_a_warned_job_that_submitit_will_not_requeue_says_why(ws: Workspace, cluster: dict[str, str]) -> None:
-    """submitit requeues a job that reaches its time limit at most max_num_timeout times (with a 1-minute limit,
-    any warning counts as a time-out): past that, the checkpointed run stays KILLED and says why."""
+    """submitit requeues a job that reaches its time limit at most max_num_timeout times (with a limit of 10 minutes
+    or less, it counts any warning a time-out): past that, the checkpointed run stays KILLED and says why. The
+    warning is sent by hand once the run logs; Slurm's own, 2 minutes before the limit, would come at 8."""
     proc = start(ws, cluster, "trainer.max_steps=1000000", "trainer.threads=1", "logger.flush_seconds=0.2",
-                 "hydra.launcher.timeout_min=1", "hydra.launcher.max_num_timeout=0")
+                 "hydra.launcher.timeout_min=10", "hydra.launcher.max_num_timeout=0")
     try:
         def logging_run() -> object:
             runs = ws.runs(children_only=True)
             return runs[0] if runs and steps(ws, runs[0].info.run_id) else None
 
-        wait_for(proc, logging_run, "the job did not log", timeout=120)
+        wait_job(ws, proc, logging_run, "the job did not log", timeout=180)
         slurm(cluster, "scancel", "--signal=USR2", job_of(logging_run()))
         out, err = proc.communicate(timeout=120)
     finally:
@@ -272,7 +282,7 @@ def test_a_job_killed_outright_is_counted_failed_not_waited_for(ws: Workspace, c
             runs = ws.runs(children_only=True)
             return runs[0] if runs and steps(ws, runs[0].info.run_id) else None
 
-        wait_for(proc, logging_run, "the job did not log", timeout=120)
+        wait_job(ws, proc, logging_run, "the job did not log", timeout=180)
         # the job's Python process, killed as the kernel's OOM killer would (scancel would send SIGTERM first)
         (pid,) = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline") if _reads(p, str(ws.path))]
         os.kill(pid, signal.SIGKILL)

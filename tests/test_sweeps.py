@@ -111,6 +111,35 @@ def test_what_a_slurm_job_asks_for_follows_its_trainer(overrides: list[str], ask
     assert (got["nodes"], got["tasks_per_node"], got["gpus_per_node"]) == asked
 
 
+def test_a_slurm_warning_due_as_each_job_starts_is_refused(ws: Workspace) -> None:
+    """signal_delay_s not shorter than the time limit: Slurm would warn each job as it starts, before its run opens
+    (refused before anything is submitted, so no cluster is needed)."""
+    proc = ws.train("-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.timeout_min=1",
+                    "trainer=numpy", "optim.lr=1e-6,2e-6", check=False)
+    lines = [line for line in proc.stderr.splitlines() if "mlflow.store.db.utils" not in line]  # a new store's
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines[0] == (
+        "error: hydra.launcher.signal_delay_s=120 is not shorter than hydra.launcher.timeout_min=1 (60 s): Slurm"
+        " would send its time-limit warning as each job starts; set hydra.launcher.signal_delay_s below 60, or a"
+        " longer hydra.launcher.timeout_min"), lines[0]
+    (parent,) = ws.runs()
+    assert parent.info.status == "FAILED" and "signal_delay_s" in parent.data.tags["failure_reason"]
+
+
+def test_a_job_that_raised_is_named_by_its_error(tmp_path: Path) -> None:
+    """A submitit job that raised outside its run's handling (submitit declining a requeue does so): the sweep's
+    line gives the error's last line, not the tail of submitit's message."""
+    import submitit
+
+    from backproplab.slurm.submit import outcome
+
+    job = submitit.LocalExecutor(folder=tmp_path).submit(int, "twelve")
+    job.wait()
+    said = str(outcome(job))
+    assert said.startswith(f"Slurm job {job.job_id} ended with an error (ValueError: invalid literal for int()"), said
+    assert said.endswith(f"; its log: {job.paths.stderr}"), said
+
+
 @pytest.fixture
 def mlflow_server(tmp_path: Path):
     """A real `mlflow server` on loopback with a sqlite backend in a temp dir, its log in server.log."""

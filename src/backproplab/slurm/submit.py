@@ -47,7 +47,9 @@ CANCEL_WAIT_S = 60.0  # after Ctrl-C: how long to wait for the cancelled jobs to
 # -- what a job asks for ------------------------------------------------------------------------------------------
 def request(params: dict[str, Any], job: DictConfig) -> dict[str, Any]:
     """The launcher's ``nodes``, ``tasks_per_node`` and ``gpus_per_node`` for one job: as set, or, where
-    ``auto``, from the job's trainer keys (a trainer without a key gets its default: one node, one device)."""
+    ``auto``, from the job's trainer keys (a trainer without a key gets its default: one node, one device).
+    A time-limit warning that would come as each job starts (``signal_delay_s`` not shorter than
+    ``timeout_min``) is refused."""
     t = job.trainer
     devices = t.get("devices", 1)
     count = devices if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0 else None
@@ -59,6 +61,14 @@ def request(params: dict[str, Any], job: DictConfig) -> dict[str, Any]:
         "tasks_per_node": 1 if spawn or count == 1 else count,  # Slurm starts the ranks unless Lightning spawns
         "gpus_per_node": count if gpu else None,
     }
+    limit_s, delay_s = params.get("timeout_min"), params.get("signal_delay_s")
+    if isinstance(limit_s, int | float) and isinstance(delay_s, int | float) and delay_s >= limit_s * 60:
+        # the warning would come as each job starts, before its run opens: no trainer could act on it
+        raise ConfigError(
+            f"hydra.launcher.signal_delay_s={delay_s} is not shorter than hydra.launcher.timeout_min={limit_s} "
+            f"({limit_s * 60:g} s): Slurm would send its time-limit warning as each job starts; set "
+            f"hydra.launcher.signal_delay_s below {limit_s * 60:g}, or a longer hydra.launcher.timeout_min"
+        )
     out = {}
     for key in AUTO:
         value = params.get(key, "auto")
@@ -201,24 +211,30 @@ def squeue_states(jobs: Sequence[Any]) -> dict[str, tuple[str, str]] | None:
 
 
 class Ended:
-    """A job that Slurm ended without a result (killed before it could write one, a node lost, out of memory)."""
+    """A job that Slurm ended without a result (killed before it could write one, a node lost, out of memory), or
+    one that raised outside its run's own handling (its error, the last line of the traceback in its log)."""
 
-    def __init__(self, job: Any, state: str) -> None:
-        self.job, self.state = job, state
+    def __init__(self, job: Any, state: str, error: str | None = None) -> None:
+        self.job, self.state, self.error = job, state, error
 
     def __str__(self) -> str:
-        return f"Slurm job {self.job.job_id} ended {self.state} without a result; its log: {self.job.paths.stderr}"
+        how = f"with an error ({self.error})" if self.error else f"{self.state} without a result"
+        return f"Slurm job {self.job.job_id} ended {how}; its log: {self.job.paths.stderr}"
 
 
-def _outcome(job: Any) -> Any:
+def outcome(job: Any) -> Any:
     """The job's result (Hydra's JobReturn), or Ended when the job raised outside the run's own handling."""
     from submitit.core.utils import UncompletedJobError
 
     try:
         return job.results()[0]
-    except UncompletedJobError as e:  # FailedJobError: its traceback is in its log
-        lines = [line for line in str(e).splitlines() if line.strip() and not line.startswith(("-", " "))]
-        return Ended(job, f"with an error ({lines[-1][:300]})" if lines else "with an error")
+    except UncompletedJobError as e:  # FailedJobError: the job's traceback between two rules, then where its log is
+        parts = str(e).split("-" * 22 + "\n")
+        trace = parts[1] if len(parts) > 2 else str(e)
+        lines = [line.strip() for line in trace.splitlines() if line.strip()] or ["no message"]
+        kind, _, message = lines[-1].partition(": ")  # "submitit.core.utils.UncompletedJobError: Job not ..."
+        said = f"{kind.rsplit('.', 1)[-1]}: {message}" if message and " " not in kind else lines[-1]
+        return Ended(job, "FAILED", error=said[:300])
 
 
 def wait(jobs: Sequence[Any], refused: Callable[[int, str], str], grace_s: float, poll_s: float = 1.0) -> list[Any]:
@@ -234,7 +250,7 @@ def wait(jobs: Sequence[Any], refused: Callable[[int, str], str], grace_s: float
     while len(outcomes) < len(jobs):
         for i, job in enumerate(jobs):
             if i not in outcomes and has_result(job):
-                outcomes[i] = _outcome(job)
+                outcomes[i] = outcome(job)
         now = time.monotonic()
         if len(outcomes) < len(jobs) and now - asked >= min(30.0, max(2.0, (now - start) / 4)):
             asked, states = now, squeue_states([j for i, j in enumerate(jobs) if i not in outcomes])
