@@ -47,9 +47,7 @@ CANCEL_WAIT_S = 60.0  # after Ctrl-C: how long to wait for the cancelled jobs to
 # -- what a job asks for ------------------------------------------------------------------------------------------
 def request(params: dict[str, Any], job: DictConfig) -> dict[str, Any]:
     """The launcher's ``nodes``, ``tasks_per_node`` and ``gpus_per_node`` for one job: as set, or, where
-    ``auto``, from the job's trainer keys (a trainer without a key gets its default: one node, one device).
-    A time-limit warning that would come as each job starts (``signal_delay_s`` not shorter than
-    ``timeout_min``) is refused."""
+    ``auto``, from the job's trainer keys (a trainer without a key gets its default: one node, one device)."""
     t = job.trainer
     devices = t.get("devices", 1)
     count = devices if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0 else None
@@ -61,14 +59,6 @@ def request(params: dict[str, Any], job: DictConfig) -> dict[str, Any]:
         "tasks_per_node": 1 if spawn or count == 1 else count,  # Slurm starts the ranks unless Lightning spawns
         "gpus_per_node": count if gpu else None,
     }
-    limit_s, delay_s = params.get("timeout_min"), params.get("signal_delay_s")
-    if isinstance(limit_s, int | float) and isinstance(delay_s, int | float) and delay_s >= limit_s * 60:
-        # the warning would come as each job starts, before its run opens: no trainer could act on it
-        raise ConfigError(
-            f"hydra.launcher.signal_delay_s={delay_s} is not shorter than hydra.launcher.timeout_min={limit_s} "
-            f"({limit_s * 60:g} s): Slurm would send its time-limit warning as each job starts; set "
-            f"hydra.launcher.signal_delay_s below {limit_s * 60:g}, or a longer hydra.launcher.timeout_min"
-        )
     out = {}
     for key in AUTO:
         value = params.get(key, "auto")
@@ -85,6 +75,18 @@ def request(params: dict[str, Any], job: DictConfig) -> dict[str, Any]:
             raise ConfigError(f"hydra.launcher.{key}={value!r} is invalid: expected auto or a count >= {minimum}")
         out[key] = value
     return out
+
+
+def check_warning(params: dict[str, Any]) -> None:
+    """Refuse a time-limit warning that would come as each job starts (``signal_delay_s`` not shorter than
+    ``timeout_min``): before its run opens, where no trainer could act on it."""
+    limit_s, delay_s = params.get("timeout_min"), params.get("signal_delay_s")
+    if isinstance(limit_s, int | float) and isinstance(delay_s, int | float) and delay_s >= limit_s * 60:
+        raise ConfigError(
+            f"hydra.launcher.signal_delay_s={delay_s} is not shorter than hydra.launcher.timeout_min={limit_s} "
+            f"({limit_s * 60:g} s): Slurm would send its time-limit warning as each job starts; set "
+            f"hydra.launcher.signal_delay_s below {limit_s * 60:g}, or a longer hydra.launcher.timeout_min"
+        )
 
 
 def executor_parameters(params: dict[str, Any], asked: dict[str, Any], base_keys: Sequence[str]) -> dict[str, Any]:
@@ -214,12 +216,11 @@ class Ended:
     """A job that Slurm ended without a result (killed before it could write one, a node lost, out of memory), or
     one that raised outside its run's own handling (its error, the last line of the traceback in its log)."""
 
-    def __init__(self, job: Any, state: str, error: str | None = None) -> None:
-        self.job, self.state, self.error = job, state, error
+    def __init__(self, job: Any, how: str) -> None:
+        self.job, self.how = job, how  # "FAILED without a result", "with an error (ValueError: ...)"
 
     def __str__(self) -> str:
-        how = f"with an error ({self.error})" if self.error else f"{self.state} without a result"
-        return f"Slurm job {self.job.job_id} ended {how}; its log: {self.job.paths.stderr}"
+        return f"Slurm job {self.job.job_id} ended {self.how}; its log: {self.job.paths.stderr}"
 
 
 def outcome(job: Any) -> Any:
@@ -231,10 +232,9 @@ def outcome(job: Any) -> Any:
     except UncompletedJobError as e:  # FailedJobError: the job's traceback between two rules, then where its log is
         parts = str(e).split("-" * 22 + "\n")
         trace = parts[1] if len(parts) > 2 else str(e)
-        lines = [line.strip() for line in trace.splitlines() if line.strip()] or ["no message"]
-        kind, _, message = lines[-1].partition(": ")  # "submitit.core.utils.UncompletedJobError: Job not ..."
-        said = f"{kind.rsplit('.', 1)[-1]}: {message}" if message and " " not in kind else lines[-1]
-        return Ended(job, "FAILED", error=said[:300])
+        last = next((line.strip() for line in reversed(trace.splitlines()) if line.strip()), "no message")
+        said = re.sub(r"^[\w.]+\.(?=\w+: )", "", last)  # "submitit.core.utils.UncompletedJobError: ..." -> its name
+        return Ended(job, f"with an error ({said[:300]})")
 
 
 def wait(jobs: Sequence[Any], refused: Callable[[int, str], str], grace_s: float, poll_s: float = 1.0) -> list[Any]:
@@ -264,7 +264,7 @@ def wait(jobs: Sequence[Any], refused: Callable[[int, str], str], grace_s: float
                 if state in RUNNING:
                     over_since.pop(i, None)
                 elif now - over_since.setdefault(i, now) > grace_s and not has_result(job):
-                    outcomes[i] = Ended(job, state)
+                    outcomes[i] = Ended(job, f"{state} without a result")
         time.sleep(poll_s)
     return [outcomes[i] for i in range(len(jobs))]
 

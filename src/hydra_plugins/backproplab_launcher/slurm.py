@@ -53,6 +53,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
         from backproplab.slurm import submit
 
         assert self.config is not None and self.hydra_context is not None
+        submit.check_warning(self.params)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
