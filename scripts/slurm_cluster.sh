@@ -4,6 +4,7 @@
 #
 #   sudo scripts/slurm_cluster.sh start /tmp/slurm     # prints: export SLURM_CONF=/tmp/slurm/slurm.conf
 #   sudo scripts/slurm_cluster.sh stop /tmp/slurm
+#   sudo scripts/slurm_cluster.sh munge /tmp/slurm     # starts munged again if something on the host stopped it
 #
 # The node is this machine (hostname -s) with its CPUs and memory (slurmd -C), in one partition, "debug", which
 # is not a default: jobs name it (hydra.launcher.partition=debug), as on most real clusters. No systemd, no
@@ -11,10 +12,21 @@
 # AuthInfo=cred_expire=10: Slurm holds a requeued job for cred_expire seconds (120 by default) before it may start
 # again; KillWait=5: a cancelled job has 5 s between SIGTERM and SIGKILL to close its run.
 set -euo pipefail
-usage="usage: $0 start|stop FOLDER"
+usage="usage: $0 start|stop|munge FOLDER"
 cmd=${1:?$usage}
 dir=$(realpath -m "${2:?$usage}")
 conf=$dir/slurm.conf
+
+# munge authenticates every Slurm message; Debian's package made its key (/etc/munge/munge.key). Started here when
+# no munged answers, and then stopped with the cluster.
+munge_up() {
+  if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+    mkdir -p /run/munge && chown munge:munge /run/munge
+    runuser -u munge -- munged
+    touch "$dir/munged.started"
+    echo "started munged" >&2
+  fi
+}
 
 start() {
   for program in slurmctld slurmd sbatch munged; do
@@ -22,12 +34,7 @@ start() {
   done
   [ "$(id -u)" = 0 ] || { echo "slurmd runs as root: sudo $0 start $2" >&2; exit 1; }
   mkdir -p "$dir/state" "$dir/spool"
-  # munge authenticates every Slurm message; Debian's package made its key (/etc/munge/munge.key)
-  if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-    mkdir -p /run/munge && chown munge:munge /run/munge
-    runuser -u munge -- munged
-    touch "$dir/munged.started"
-  fi
+  munge_up
   local host ports
   host=$(hostname -s)
   # two free ports for slurmctld and slurmd, so that this cluster never meets another one's
@@ -79,14 +86,25 @@ CONF
   exit 1
 }
 
+# the daemon of a pid file runs (a zombie has ended: its parent, init here, has not reaped it yet)
+alive() {
+  local pid
+  pid=$(cat "$1" 2>/dev/null) || return 1
+  kill -0 "$pid" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]
+}
+
 stop() {
   [ -f "$conf" ] || { echo "no cluster in $dir" >&2; exit 1; }
   SLURM_CONF=$conf scancel --quiet --full --state=RUNNING,PENDING --user="$(id -un)" 2>/dev/null || true
   SLURM_CONF=$conf scontrol shutdown >/dev/null 2>&1 || true
+  # a daemon that did not hear the shutdown (munge gone, slurmctld unreachable) is stopped by its pid file
   for pidfile in "$dir/slurmctld.pid" "$dir/slurmd.pid"; do
-    for _ in $(seq 100); do
-      [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null || break
-      sleep 0.1
+    for signal in 0 TERM KILL; do
+      [ "$signal" = 0 ] || kill -s "$signal" "$(cat "$pidfile")" 2>/dev/null || true
+      for _ in $(seq 100); do
+        alive "$pidfile" || continue 3
+        sleep 0.1
+      done
     done
   done
   if [ -f "$dir/munged.started" ]; then
@@ -98,5 +116,6 @@ stop() {
 case $cmd in
   start) start ;;
   stop) stop ;;
+  munge) [ -f "$conf" ] || { echo "no cluster in $dir" >&2; exit 1; }; munge_up ;;
   *) echo "$usage" >&2; exit 2 ;;
 esac

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -56,7 +57,15 @@ def live(env: dict[str, str]) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def no_job_left(cluster: dict[str, str]) -> Iterator[None]:
-    """Each test leaves the queue empty for the next: none of its jobs may still run (that would be a bug)."""
+    """Each test starts with munge answering and leaves the queue empty for the next: none of its jobs may still
+    run (that would be a bug). munge is the host's daemon, not the cluster's: once in a CI run something on the
+    host stopped it (SIGTERM, sender unknown) and every later sbatch failed; it is started again, with a warning."""
+    folder = str(Path(cluster["SLURM_CONF"]).parent)
+    revived = subprocess.run([str(REPO / "scripts" / "slurm_cluster.sh"), "munge", folder], capture_output=True,
+                             text=True, timeout=60)
+    assert revived.returncode == 0, revived.stderr
+    if "started munged" in revived.stderr:
+        warnings.warn("munged had stopped during the Slurm tests: started again", stacklevel=1)
     yield
     left = live(cluster)
     if left:
