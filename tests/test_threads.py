@@ -1,10 +1,13 @@
 """trainer.threads (issue 14): what ``auto`` picks for the tutorial's problem and for a large one, quiet or with
-every CPU busy, and in a 2-job joblib sweep; the count is recorded and a rerun repeats it. Where a second thread
-starts to pay is measured by the benchmark (``scripts/bench.py --only threads``), not asserted here."""
+every CPU busy, and in a 2-job joblib sweep; the count is recorded and a rerun repeats it. In a sweep, ``auto`` is
+settled once, at the sweep's start (issue 34): the same config and seed, the same count and the same curve. Where a
+second thread starts to pay is measured by the benchmark (``scripts/bench.py --only threads``), not asserted here."""
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 from conftest import Workspace
@@ -61,3 +64,36 @@ def test_a_two_job_joblib_sweep_shares_the_cpus(ws: Workspace) -> None:
     assert len(children) == 2
     share = max(1, len(os.sched_getaffinity(0)) // 2)
     assert all(1 <= int(r.data.params["trainer.threads"]) <= share for r in children)
+
+
+def test_a_sweep_settles_its_idle_cpus_once_and_a_single_run_measures_its_own(tmp_path: Path) -> None:
+    idle = threads.settle_sweep(tmp_path / "sweep")  # the launcher has not made the sweep dir yet
+    assert 0.0 <= idle <= (os.cpu_count() or 1)
+    assert json.loads((tmp_path / "sweep" / threads.SWEEP_FILE).read_text()) == {"idle_cpus": idle}
+    assert threads.sweep_idle() is None  # no Hydra multirun here: a run measures the load itself, as before
+
+
+JOBLIB = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+
+
+@pytest.mark.parametrize("launcher", [(), JOBLIB], ids=["basic", "joblib"])
+def test_a_sweep_settles_auto_once_same_seed_same_count_same_curve(ws: Workspace, launcher: tuple[str, ...]) -> None:
+    """Two jobs of one config and seed in one sweep, trainer.threads=auto: both choose from the idle CPUs the sweep
+    measured at its start (each job's log says so), so they get the same count and the same curve to the last digit,
+    whatever the load did between them (in-process jobs, and joblib's worker processes started after the sweep)."""
+    from benchmarks.common import compose_cfg
+
+    proc = ws.train("-m", *launcher, "hydra.sweep.dir=sweep", "hydra.verbose=backproplab", "trainer=numpy",
+                    "model=dynamic", "trainer.max_steps=20", "trainer.threads=auto", "seed=7,7")
+    idle = json.loads((ws.path / "sweep" / threads.SWEEP_FILE).read_text())["idle_cpus"]
+    a, b = ws.runs(children_only=True)
+    sharing = 2 if launcher else 1
+    cpus = min(len(os.sched_getaffinity(0)), int(os.environ.get("SLURM_CPUS_PER_TASK", 1 << 20)))
+    usable = max(1, cpus // sharing)
+    expected = choose(threads.flops_per_step(compose_cfg("trainer=numpy", "model=dynamic")), usable, idle)
+    assert a.data.params["trainer.threads"] == b.data.params["trainer.threads"] == str(expected)
+    assert [r.data.tags.get("backproplab.auto") for r in (a, b)] == ["trainer.threads"] * 2
+    assert ws.losses(a.info.run_id) == ws.losses(b.info.run_id)
+    # each job took the sweep's figure rather than measuring the load at its own start
+    logs = [log.read_text() for job in ("0", "1") for log in (ws.path / "sweep" / job).glob("*.log")]
+    assert len(logs) == 2 and all("idle at the sweep's start" in log for log in logs), proc.stderr[-3000:]

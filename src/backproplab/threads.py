@@ -13,7 +13,10 @@ the default run's loop takes 6.8 s on torch's default of 2 threads, against 1.0 
 - the CPUs this process may use: its affinity, or a SLURM allocation's ``SLURM_CPUS_PER_TASK``, divided among
   the jobs of a joblib or submitit-local sweep, or the processes of a CPU DDP run;
 - the CPUs nobody else is using right now: the machine's busy time in /proc/stat, less this process's own,
-  since the run started (the load average lags by a minute).
+  since the run started (the load average lags by a minute). In a sweep (Hydra multirun) this is settled once,
+  from the machine at the sweep's start, by the launching process (``settle_sweep``): every job of the sweep
+  takes the same figure, so a job's count is a function of its config and the sweep alone, and two jobs of one
+  config and seed compute in the same order and give the same curve, even when the load changes between them.
 
 The count chosen is written into the config, so the run's params record it and ``+rerun`` repeats it (the sum
 order of a BLAS reduction depends on it, and so does the last digit of the curve).
@@ -21,16 +24,21 @@ order of a BLAS reduction depends on it, and so does the last digit of the curve
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
+
+from backproplab.runtime import sweep_dir
 
 log = logging.getLogger("backproplab")
 FLOPS_PER_THREAD = 1e6  # matmul work per step that each thread needs to pay for itself (measured)
 SAMPLE_S, STALE_S = 0.1, 10.0  # other processes' load: watched for at least 0.1 s, over at most 10 s
+SWEEP_FILE = "threads.json"  # in the sweep dir: the idle CPUs the sweep settled at its start, for all its jobs
 
 
 def step_flops(n: int, d_in: int, h: int, d_out: int) -> int:
@@ -83,10 +91,10 @@ def _cpu_clock() -> tuple[float, float, float] | None:
     return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), time.process_time()
 
 
-# The window in which other processes' load is measured opens when this module is imported (a run's start) and
-# again at each choice, so that a run does not wait for it: in a sequential sweep a job's window is the job
-# before it (the tutorial's jobs take seconds; 9 fresh samples were 0.9 s of the nine-example sweep). A window
-# older than STALE_S is not today's load: a fresh sample then costs little beside the job that made it old.
+# The window in which other processes' load is measured opens when this module is imported (a run's start, or a
+# sweep's in its launching process) and again at each measure, so that a run does not wait for it. A window older
+# than STALE_S is not today's load: a fresh sample then costs little beside the job that made it old. A sweep's
+# jobs measure nothing: they take the figure the sweep settled at its start (settle_sweep).
 _window = _cpu_clock()
 
 
@@ -108,6 +116,33 @@ def idle_cpus() -> float:
     return max(0.0, online - others / (now[0] - start[0]))
 
 
+# A sweep hands its figure to its jobs in a file in the sweep dir, not in an environment variable: every launcher's
+# jobs can read the sweep dir (Hydra's own files are there, and submitit's pickles, on the shared file system a
+# Slurm cluster needs), whereas the environment does not always travel (sbatch --export=NONE; joblib's loky
+# workers are reused across sweeps of one process and keep the environment of the sweep that spawned them).
+# The file is written before any job is launched, and its place ties it to its sweep: a rerun into the same
+# sweep dir writes it anew.
+def settle_sweep(directory: str | Path) -> float:
+    """Measure the idle CPUs once, at a sweep's start in the launching process, and leave the figure in the sweep
+    dir for its jobs (``sweep_idle``); returns it. Called by the sweep callback's ``on_multirun_start``."""
+    idle = idle_cpus()
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)  # the launcher makes it only after the callback
+    (path / SWEEP_FILE).write_text(json.dumps({"idle_cpus": idle}) + "\n")
+    return idle
+
+
+def sweep_idle() -> float | None:
+    """The idle CPUs this job's sweep settled at its start; None in a single run, or in a sweep that settled none
+    (its callback left out, an unreadable file): the job then measures them itself, as a single run does."""
+    if (sweep := sweep_dir()) is None:
+        return None
+    try:
+        return float(json.loads((Path(sweep) / SWEEP_FILE).read_text())["idle_cpus"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def choose(flops: float, usable: int, idle: float) -> int:
     """``auto``: as many threads as the work can use, within the usable CPUs that nobody else is using."""
     by_work = int(flops // FLOPS_PER_THREAD)
@@ -120,13 +155,16 @@ def is_auto(cfg: DictConfig) -> bool:
 
 
 def resolve(cfg: DictConfig) -> int:
-    """Set ``trainer.threads`` (validated: auto or N) to a count, ``auto`` chosen now, and return it."""
+    """Set ``trainer.threads`` (validated: auto or N) to a count, ``auto`` chosen now (in a sweep: from the idle
+    CPUs it settled at its start), and return it."""
     count = cfg.trainer.get("threads", "auto")
     if is_auto(cfg):
-        flops, usable, idle = flops_per_step(cfg), usable_cpus(cfg), idle_cpus()
+        settled = sweep_idle()
+        flops, usable = flops_per_step(cfg), usable_cpus(cfg)
+        idle = idle_cpus() if settled is None else settled
         count = choose(flops, usable, idle)
-        log.debug("trainer.threads=auto -> %d (%.0f MFLOP per step, %d usable CPUs, %.1f idle)",
-                  count, flops / 1e6, usable, idle)
+        log.debug("trainer.threads=auto -> %d (%.0f MFLOP per step, %d usable CPUs, %.1f idle%s)",
+                  count, flops / 1e6, usable, idle, "" if settled is None else " at the sweep's start")
     with open_dict(cfg):
         cfg.trainer.threads = count
     return count

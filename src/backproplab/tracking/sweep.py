@@ -70,9 +70,11 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from backproplab.runtime import mask_logs
+        from backproplab.threads import settle_sweep
 
         mask_logs()  # the launcher logs every job's overrides, a tracking URI's credentials included
         compose_first_job(config)
+        settle_sweep(config.hydra.sweep.dir)  # trainer.threads=auto: one idle-CPU figure for all the sweep's jobs
         if config.logger.name != "mlflow":
             return
         from backproplab.runtime import mask_secrets
