@@ -16,7 +16,8 @@ from backproplab.tracking.report import ReportResult, differing_labels, main, ma
 
 REPORT = REPO / "scripts" / "report.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ARTIFACTS = {"report/loss_curves.png", "report/report.md", "report/report.csv"}
+FILES = {"loss_curves.png", "report.md", "report.csv", "groups.csv", "contrasts.csv"}
+ARTIFACTS = {f"report/{name}" for name in FILES}
 
 
 def only_parent(ws: Workspace) -> str:
@@ -34,8 +35,8 @@ class Sweep:
 def sweeps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Sweep]:
     """Two real multiruns, each in its own store, run side by side to halve the wait: "grid" (2 optims x
     2 models, 4 runs) and "optims" (2 optimizers, nothing else differs)."""
-    # trainer.threads is left at auto, which picks from the CPUs idle at each job's start: under CI's load one job
-    # of four recorded threads=1 and the others 2, and a label must still not name it
+    # trainer.threads is left at auto, settled once per sweep from the CPUs idle at its start: jobs whose work per
+    # step differs can still record different counts (1 and 2), and a label must never name it
     overrides = {
         "grid": ("-m", "optim=sgd,adam", "model=sequential,custom", "trainer.max_steps=20"),
         "optims": ("-m", "optim=sgd,adam", "trainer.max_steps=5"),
@@ -90,7 +91,7 @@ def test_report_on_a_four_run_sweep(sweeps: dict[str, Sweep], tmp_path: Path) ->
     result = make_report(ws.uri, "backproplab", parent, tmp_path / "out")
     assert isinstance(result, ReportResult) and result.parent_run_id == parent
     assert result.curves == 4 and len(result.rows) == 4
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"loss_curves.png", "report.md", "report.csv"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == FILES
     check_png(result.png)
     check_tables(ws, result.out_dir, parent)
     # the overrides that differ; optim.momentum (sgd only) follows from the optimizer, checkpoint dirs are places
@@ -122,8 +123,7 @@ def test_a_sweep_over_optimizers_is_labelled_by_optimizer(sweeps: dict[str, Swee
     # the multirun itself already wrote its report (sweep callback, on_multirun_end) into the sweep dir
     # and onto the parent run
     assert next(ws.path.glob("multirun/*/*/report/report.md")).is_file()
-    logged = {a.path for a in ws.client().list_artifacts(parent, "report")}
-    assert logged == {"report/loss_curves.png", "report/report.csv", "report/report.md"}
+    assert {a.path for a in ws.client().list_artifacts(parent, "report")} == ARTIFACTS
 
 
 @pytest.fixture(scope="module")

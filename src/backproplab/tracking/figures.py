@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 LOSS_KEY = "train/loss"
 DASHES = ("-", "--", "-.", ":")
-Curve = tuple[str, list[int], list[float], bool]  # label, steps, losses, failed
+Trace = tuple[list[int], list[float], bool]  # one run: steps, losses, whether it failed
 
 
 def loss_curve(steps: list[int], losses: list[float], cfg: DictConfig) -> Any:
@@ -73,37 +73,80 @@ def wrap(text: str, width: int) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def sweep_figure(curves: Iterable[Curve], fits: list[tuple[str, dict]], title: str, path: Path) -> tuple[int, int]:
-    """Every run's loss curve on one log-scale axis and, where the runs fit a formula, every fit against the
-    data beside it; saved as a PNG. Returns (loss curves drawn, fits drawn).
+def step_axis(runs: Iterable[Trace]) -> bool:
+    """Whether steps go on a log axis: runs of very different lengths (2000 and 30000 steps) stay readable."""
+    lengths = [len(r[0]) for r in runs if r[0]]
+    return bool(lengths) and max(lengths) > 4 * min(lengths)
+
+
+def draw_group(ax: Any, label: str, runs: list[Trace], log_steps: bool, color: str | None = None,
+               linestyle: str = "-") -> str:
+    """One group on a log-loss axis, returns its colour. A run alone is its curve. Several: each seed a faint
+    line, their geometric mean per step a line, and its 95% t-interval (stats.band) a band; a run that stopped
+    early (failed, diverged) is drawn to its last step, with an x, and leaves the band after it."""
+    import numpy as np
+
+    from backproplab.stats import band
+
+    def x(steps: list[int]) -> list[int]:
+        return [s + 1 for s in steps] if log_steps else steps
+
+    failed = sum(f for _, _, f in runs)
+    if len(runs) == 1:
+        steps, values, _ = runs[0]
+        (line,) = ax.plot(x(steps), values, label=label + (" [failed]" if failed else ""), linestyle=linestyle,
+                          color=color)
+        color = line.get_color()
+    else:
+        faint = 0.35 if len(runs) <= 8 else 0.15
+        for steps, values, _ in runs:
+            (line,) = ax.plot(x(steps), values, color=color, alpha=faint, linewidth=0.6, label="_seed")
+            color = line.get_color()
+        grid = sorted({s for steps, _, _ in runs for s in steps})
+        column = {s: i for i, s in enumerate(grid)}
+        logs = np.full((len(runs), len(grid)), np.nan)
+        for row, (steps, values, _) in enumerate(runs):
+            v = np.asarray(values, dtype=float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                logs[row, [column[s] for s in steps]] = np.where(v > 0, np.log(v), np.nan)
+        _, mean, low, high = band(logs)
+        ax.plot(x(grid), np.exp(mean), color=color, linewidth=2, linestyle=linestyle,
+                label=f"{label}, n={len(runs)}{f', {failed} failed' if failed else ''}")
+        ax.fill_between(x(grid), np.exp(low), np.exp(high), color=color, alpha=0.25, linewidth=0, label="_band")
+    for steps, values, stopped in runs:
+        if stopped and steps:  # where it stopped: its last finite step
+            ax.plot(x(steps)[-1:], values[-1:], marker="x", markersize=9, mew=2, color=color, label="_stop")
+    return color
+
+
+def sweep_figure(groups: list[tuple[str, list[Trace]]], fits: list[tuple[str, dict]], title: str,
+                 path: Path) -> tuple[list[str], int]:
+    """Every group's loss curves on one log-scale axis (a group of one run: its curve; several: a line and a band
+    over faint seeds, draw_group) and, where the runs fit a formula, one fit per group against the data beside
+    it; saved as a PNG. Returns (the legend's entries, fits drawn).
 
     The legend sits outside the axes, one entry a line, and the figure grows with it, so that the plot keeps
-    its size whatever the number of runs; a long title wraps instead of being cut.
+    its size whatever the number of groups; a long title wraps instead of being cut.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    curves = [c for c in curves if c[1]]
-    ncols = max(1, math.ceil(len(curves) / 30))
-    longest = max((len(c[0]) for c in curves), default=0) + 10  # + " [failed]"
+    groups = [(label, [r for r in runs if r[0]]) for label, runs in groups]
+    groups = [(label, runs) for label, runs in groups if runs]
+    ncols = max(1, math.ceil(len(groups) / 30))
+    longest = max((len(g[0]) for g in groups), default=0) + 16  # + ", n=64, 3 failed"
     legend_w = min(ncols * (0.6 + 0.075 * longest), 9.0)
-    height = max(5.0, 1.6 + 0.24 * math.ceil(len(curves) / ncols))
+    height = max(5.0, 1.6 + 0.24 * math.ceil(len(groups) / ncols))
     panels = 2 if fits else 1
     fig = Figure(figsize=(8 + 6.5 * (panels - 1) + legend_w, height), layout="constrained")
-    lengths = [len(c[1]) for c in curves]
-    # runs of very different lengths (2000 and 30000 steps): a log step axis keeps the short ones readable
-    log_steps = bool(lengths) and max(lengths) > 4 * min(lengths)
+    log_steps = step_axis(r for _, runs in groups for r in runs)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, panels, 1)
     colors = {}
-    for i, (label, steps, values, failed) in enumerate(curves):
-        # a dash pattern per curve as well as a colour: runs with equal losses (sequential vs custom) overlap
-        xs = [s + 1 for s in steps] if log_steps else steps
-        (line,) = ax.plot(xs, values, label=label + (" [failed]" if failed else ""), linestyle=DASHES[i % 4])
-        colors[label] = line.get_color()
-        if failed:  # where it stopped: its last finite step
-            ax.plot(xs[-1:], values[-1:], marker="x", markersize=9, mew=2, color=line.get_color())
+    for i, (label, runs) in enumerate(groups):
+        # a dash pattern per group as well as a colour: groups with equal losses (sequential vs custom) overlap
+        colors[label] = draw_group(ax, label, runs, log_steps, linestyle=DASHES[i % 4])
     ax.set_yscale("log")
     if log_steps:
         ax.set_xscale("log")
@@ -112,15 +155,18 @@ def sweep_figure(curves: Iterable[Curve], fits: list[tuple[str, dict]], title: s
         ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True, steps=[1, 2, 2.5, 5, 10]))
         ax.set_xlabel("step")
     ax.set_ylabel(LOSS_KEY)
-    ax.set_title("loss")
+    repeats = any(len(runs) > 1 for _, runs in groups)
+    ax.set_title("loss: geometric mean per step over seeds, band its 95% t-interval, faint lines the seeds"
+                 if repeats else "loss", fontsize="medium" if repeats else None)
     ax.grid(True, which="both", alpha=0.3)
-    n = sum(1 for line in ax.get_lines() if not line.get_label().startswith("_"))  # curves, not the x marks
+    handles, entries = ax.get_legend_handles_labels()  # groups, not seeds, bands or marks ("_" labels)
+    n = len(entries)
     drawn = 0
     if fits:
         fx = fig.add_subplot(1, panels, 2)
         _sine_axes(fx, fits[0][1])
         for i, (label, fit) in enumerate(fits):
-            # no legend entries of their own: the colour is the run's, as in the loss panel
+            # no legend entries of their own: the colour is the group's, as in the loss panel
             _draw_fit(fx, fit, "_" + label, color=colors.get(label), linestyle=DASHES[i % 4], linewidth=1.2)
             drawn += 1
         fx.set_title("fit (same colours as the loss curves)")
@@ -130,6 +176,6 @@ def sweep_figure(curves: Iterable[Curve], fits: list[tuple[str, dict]], title: s
     clear = fig.get_figwidth() - (2 * legend_w if n else 0)
     fig.suptitle(wrap(title, max(40, int(clear * 12))), fontsize="medium")
     if n:
-        fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize="small", ncols=ncols)
+        fig.legend(handles, entries, loc="outside right upper", fontsize="small", ncols=ncols)
     fig.savefig(path, dpi=100)
-    return n, drawn
+    return entries, drawn

@@ -1,7 +1,9 @@
-"""A sweep's lesson page: each run's way beside what it did. For each run, in the sweep's order, the page shows
-the code of its training step (syntax-highlighted), its loss curve (every section on the same axes), its loop
-time per step, its final loss and how far its first-step gradients are from autograd's. The report's overlay and
-a table come first. The sine edition adds each run's fit over sin(x) and its formula.
+"""A sweep's lesson page: each way beside what it did. For each group of runs (tracking/groups.py: the runs equal
+but for their seed; a sweep without repeats has one run a group), in the sweep's order, the page shows the code
+of its training step once (syntax-highlighted), its loss curve or, over several seeds, their band (every
+section on the same axes), its n, its loop time per step, its final loss and how far its first-step gradients
+are from autograd's. The report's overlay and a table come first. The sine edition adds the fit over sin(x) and
+its formula.
 
 One self-contained HTML file: inline CSS and images, no JavaScript, nothing fetched. It is logged to the parent
 run as ``lesson.html`` and written beside the report. Everything is read back from MLflow (each run's
@@ -21,9 +23,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from backproplab.stats import quartiles, spread
 from backproplab.tracking.code import STEP
-from backproplab.tracking.report import _history, search_all
-from backproplab.tracking.store import JOB_TAG, PARENT_TAG
+from backproplab.tracking.figures import Trace, draw_group, step_axis
+from backproplab.tracking.groups import Group, group_runs
+from backproplab.tracking.report import sweep_runs
 
 NAME = "lesson.html"
 CSS = """
@@ -50,16 +54,17 @@ def _png(figure: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _curve(steps: list[int], losses: list[float], xlim: tuple[float, float], ylim: tuple[float, float],
-           log_steps: bool) -> str:
-    """A small loss curve on the page's common axes, as base64 PNG; on a log step axis (step + 1), as the report
-    draws them, when the runs' lengths differ fourfold or more."""
+def _curve(runs: list[Trace], xlim: tuple[float, float], ylim: tuple[float, float], log_steps: bool) -> str:
+    """A small loss curve (or a group's band over its seeds, figures.draw_group) on the page's common axes, as
+    base64 PNG; on a log step axis (step + 1), as the report draws them, when the runs' lengths differ fourfold
+    or more."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(3.6, 2.4), dpi=80)
     ax = fig.add_subplot()
-    if steps:
-        ax.plot([s + 1 for s in steps] if log_steps else steps, losses, linewidth=1.2)
+    runs = [r for r in runs if r[0]]
+    if runs:
+        draw_group(ax, "", runs, log_steps)
     ax.set_yscale("log")
     if log_steps:
         ax.set_xscale("log")
@@ -80,18 +85,29 @@ def _artifact(client: Any, run_id: str, path: str, into: str) -> Path | None:
         return None
 
 
-def _read(client: Any, run: Any, into: str) -> dict[str, Any]:
-    """What the page shows of one run, read back from MLflow."""
-    run_id, metrics, tags = run.info.run_id, run.data.metrics, run.data.tags
+def _read(client: Any, g: Group, into: str) -> dict[str, Any]:
+    """What the page shows of one group, read back from MLflow: its first run's code and fit, every run's curve."""
+    first = g.runs[0].run
+    run_id, tags = first.info.run_id, first.data.tags
     step_file = _artifact(client, run_id, f"code/{STEP}", into)
     fit_png = _artifact(client, run_id, "fit.png", into) if "fit.formula" in tags else None
-    steps, losses = _history(client, run_id)
+    several = len(g.runs) > 1
+    loss, step_ms = spread(g.values("final_loss")), quartiles(g.values("step_ms"))
+    # the gradient check runs once per group: whichever of its runs has it
+    agreement = next((a for r in g.runs if (a := r.run.data.metrics.get("verify/grad_rel_diff")) is not None), None)
+    failed = [r.run.info.status for r in g.runs if r.run.info.status != "FINISHED"]
+    problem = ""  # what did not finish: the run's status and reason, or how many of the group's runs
+    if failed and several:
+        problem = f"{len(failed)} of {len(g.runs)} runs did not finish ({', '.join(sorted(set(failed)))})"
+    elif failed:
+        problem = f"{failed[0]}: {tags.get('failure_reason', '')}"
     return {
-        "name": run.info.run_name, "status": run.info.status, "reason": tags.get("failure_reason", ""),
+        "name": g.label if several else first.info.run_name, "n": len(g.runs), "problem": problem,
         "step": json.loads(step_file.read_text()) if step_file else {},
-        "steps": steps, "losses": losses,
-        "final": metrics.get("final_loss", losses[-1] if losses else None),
-        "step_ms": metrics.get("time/step_ms"), "agreement": metrics.get("verify/grad_rel_diff"),
+        "runs": [(r.steps, r.losses, r.run.info.status != "FINISHED") for r in g.runs],
+        "final": loss.gmean if several else g.runs[0].final,
+        "interval": (loss.ci_low, loss.ci_high) if several else None,
+        "step_ms": step_ms.median, "agreement": agreement,
         "formula": tags.get("fit.formula"),
         "fit": base64.b64encode(fit_png.read_bytes()).decode() if fit_png else None,
     }
@@ -112,11 +128,15 @@ def _code(regions: list[dict[str, Any]]) -> str:
 def _section(way: dict[str, Any], curve: str) -> str:
     s = way["step"]
     what = " · ".join(str(s[k]) for k in ("trainer", "model", "optim") if k in s)
-    status = "" if way["status"] == "FINISHED" else (
-        f'<p class="failed">{way["status"]}: {html.escape(way["reason"])}</p>')
+    status = f'<p class="failed">{html.escape(way["problem"])}</p>' if way["problem"] else ""
+    final = f"<dt>final loss</dt><dd>{_number(way['final'], 4)}</dd>"
+    if way["n"] > 1:  # a group over seeds: which centre, which interval
+        low, high = way["interval"] or (None, None)
+        final = (f"<dt>seeds</dt><dd>{way['n']}</dd><dt>final loss, geometric mean</dt><dd>"
+                 f"{_number(way['final'], 4)}</dd><dt>its 95% t-interval</dt><dd>{_number(low)} – {_number(high)}</dd>")
     side = [f'<img alt="loss curve of {html.escape(way["name"])}" src="data:image/png;base64,{curve}">',
-            "<dl>", f"<dt>loop per step</dt><dd>{_number(way['step_ms'])} ms</dd>",
-            f"<dt>final loss</dt><dd>{_number(way['final'], 4)}</dd>",
+            "<dl>", f"<dt>loop per step{' (median)' if way['n'] > 1 else ''}</dt><dd>{_number(way['step_ms'])} ms</dd>",
+            final,
             f"<dt>gradients vs autograd</dt><dd>{_number(way['agreement'], 2)}</dd>", "</dl>"]
     if way["fit"]:
         side += [f'<img alt="fit of {html.escape(way["name"])}" src="data:image/png;base64,{way["fit"]}">',
@@ -127,12 +147,15 @@ def _section(way: dict[str, Any], curve: str) -> str:
 
 
 def _table(ways: list[dict[str, Any]]) -> str:
-    rows = ["<table><tr><th>run</th><th>trainer · model · optim</th><th>final loss</th><th>ms / step</th>"
-            "<th>gradients vs autograd</th></tr>"]
+    several = any(w["n"] > 1 for w in ways)
+    rows = [f"<table><tr><th>{'group' if several else 'run'}</th><th>trainer · model · optim</th>"
+            + ("<th>n</th><th>final loss (geometric mean)</th><th>ms / step (median)</th>" if several else
+               "<th>final loss</th><th>ms / step</th>") + "<th>gradients vs autograd</th></tr>"]
     for w in ways:
         what = " · ".join(str(w["step"].get(k, "")) for k in ("trainer", "model", "optim"))
         rows.append(f'<tr><td><a href="#{html.escape(w["name"])}">{html.escape(w["name"])}</a></td>'
-                    f"<td>{html.escape(what)}</td><td class=n>{_number(w['final'], 4)}</td>"
+                    f"<td>{html.escape(what)}</td>" + (f"<td class=n>{w['n']}</td>" if several else "")
+                    + f"<td class=n>{_number(w['final'], 4)}</td>"
                     f"<td class=n>{_number(w['step_ms'])}</td><td class=n>{_number(w['agreement'], 2)}</td></tr>")
     return "\n".join([*rows, "</table>"])
 
@@ -145,14 +168,14 @@ def make_lesson(tracking_uri: str, parent_run_id: str, out_dir: Path, log_artifa
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per small file: noise
     client = MlflowClient(tracking_uri)
     parent = client.get_run(parent_run_id)
-    children = search_all(client, [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", [])
-    children.sort(key=lambda r: (int(r.data.tags.get(JOB_TAG, 1 << 30)), r.info.start_time))
+    runs, asked = sweep_runs(client, [parent])
+    found = group_runs(runs, asked)
     with tempfile.TemporaryDirectory() as into:
-        ways = [_read(client, run, into) for run in children]
-    losses = [v for w in ways for v in w["losses"] if v > 0 and math.isfinite(v)]
-    lengths = [len(w["steps"]) for w in ways if w["steps"]]
-    log_steps = bool(lengths) and max(lengths) > 4 * min(lengths)  # the report's rule (tracking/figures.py)
-    last = float(max((max(w["steps"], default=0) for w in ways), default=1)) or 1.0
+        ways = [_read(client, g, into) for g in found]
+    traces = [t for w in ways for t in w["runs"]]
+    losses = [v for _, values, _ in traces for v in values if v > 0 and math.isfinite(v)]
+    log_steps = step_axis(traces)  # the report's rule
+    last = float(max((max(steps, default=0) for steps, _, _ in traces), default=1)) or 1.0
     xlim = (1.0, last + 1) if log_steps else (0.0, last)
     ylim = (min(losses, default=1e-3) / 2, max(losses, default=1.0) * 2)
     overlay = out_dir / "loss_curves.png"  # the report's figure: every curve on one plot
@@ -162,10 +185,11 @@ def make_lesson(tracking_uri: str, parent_run_id: str, out_dir: Path, log_artifa
     page = "\n".join([
         "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>lesson: {title}</title>",
         f"<style>{CSS}{HtmlFormatter().get_style_defs('.hl')}</style></head><body>",
-        f"<h1>One computation, {len(ways)} ways: {title}</h1>",
+        f"<h1>One computation, {len(ways)} ways: {title}</h1>" if len(ways) == len(runs) else
+        f"<h1>One computation, {len(ways)} way{'s' if len(ways) > 1 else ''} over {len(runs)} runs: {title}</h1>",
         f'<p class="what">{html.escape(parent.data.tags.get("mlflow.note.content", ""))}</p>',
         top, _table(ways),
-        *(_section(w, _curve(w["steps"], w["losses"], xlim, ylim, log_steps)) for w in ways),
+        *(_section(w, _curve(w["runs"], xlim, ylim, log_steps)) for w in ways),
         "</body></html>"])
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / NAME

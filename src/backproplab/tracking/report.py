@@ -20,17 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backproplab.stats import Contrast
+from backproplab.tracking import groups
 from backproplab.tracking.figures import LOSS_KEY, sweep_figure
-from backproplab.tracking.store import AUTO_TAG, PARENT_TAG, default_store
+from backproplab.tracking.labels import as_asked, differing_labels
+from backproplab.tracking.store import PARENT_TAG, default_store
 
 ARTIFACT_PATH = "report"
-# label order: the config groups a user sweeps most, then every other differing key alphabetically
-GROUP_ORDER = ("trainer", "model", "optim", "loss", "data")
-# where a run logs or writes is not what it trained, and per-job paths (trainer.checkpoint_dir under each job's
-# output dir) differ in every sweep: never a label
-IGNORED_PREFIXES = ("logger.",)
-LOCATION_SUFFIXES = ("_dir", "_path", "_file", "_uri")
-PRESET = "preset"  # the param an experiment preset sets (conf/experiment/*.yaml)
 COLUMNS = ("run", "trainer", "model", "optim", "lr", "final_loss", "steps_per_s", "status")
 HEADERS = {"final_loss": "final loss", "steps_per_s": "steps/s", "failure_reason": "failure reason"}
 
@@ -52,7 +48,16 @@ class ReportResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     curves: int = 0
     fits: int = 0  # fitted curves drawn beside the loss curves (runs of a formula model, the sine edition)
-    labels: list[str] = field(default_factory=list)  # the legend entry of each row's run
+    labels: list[str] = field(default_factory=list)  # each row's run's label (its legend entry, without repeats)
+    groups: list[groups.Group] = field(default_factory=list)  # the runs in groups: params equal except the seed
+    contrasts: list[Contrast] = field(default_factory=list)  # every group against the baseline group
+    legend: list[str] = field(default_factory=list)  # the figure's legend, one entry per group
+
+    def verdicts(self) -> list[str]:
+        """One line per contrast, when the sweep repeated configs over seeds (else none: groups of one)."""
+        from backproplab.stats import verdict
+
+        return [verdict(c) for c in self.contrasts] if len(self.groups) < len(self.rows) else []
 
 
 # -- reading MLflow ------------------------------------------------------------------------------------------
@@ -144,67 +149,7 @@ def _check_store(uri: str) -> None:
             raise ReportError(f"no MLflow store at {path} (run a sweep first, or pass --tracking-uri)")
 
 
-# -- labels and rows -----------------------------------------------------------------------------------------
-def _determined_by(params: Sequence[dict[str, str]], key: str, by: str) -> bool:
-    """True when every run with the same value of ``by`` has the same value of ``key``."""
-    seen: dict[str | None, str | None] = {}
-    for p in params:
-        if seen.setdefault(p.get(by), p.get(key)) != p.get(key):
-            return False
-    return True
-
-
-def as_asked(run: Any) -> dict[str, str]:
-    """A run's params as the user set them: a key the run chose itself from ``auto`` (its thread count, which
-    follows the machine's load at the job's start) reads ``auto``, so that it never tells runs apart."""
-    return {**run.data.params, **dict.fromkeys(run.data.tags.get(AUTO_TAG, "").split(), "auto")}
-
-
-def differing_labels(params: Sequence[dict[str, str]]) -> list[str]:
-    """One short label per run, from the params whose values differ across the runs: ``adam lr=0.001``.
-
-    Runs that differ by experiment preset are labelled by it (``numpy``, ``optim``), and everything the preset
-    sets is left out. A config group's choice shows as its value (``adam``), and keys that merely follow from
-    that choice (``optim.momentum`` is set for sgd, absent for adam) are left out, while a key swept within a
-    group shows by its last part (``lr=0.001``). Where a run writes (``*_dir``, ``*_path``, ``logger.*``) is
-    never a label.
-    """
-    keys = sorted(set().union(*params)) if params else []
-    differ = [
-        k
-        for k in keys
-        if not k.startswith(IGNORED_PREFIXES)
-        and not k.endswith(LOCATION_SUFFIXES)
-        and len({p.get(k) for p in params}) > 1
-    ]
-    shown: list[str] = []
-    for k in differ:
-        group, _, leaf = k.partition(".")
-        if k != PRESET and PRESET in differ and _determined_by(params, k, PRESET):
-            continue
-        if leaf and leaf != "name" and f"{group}.name" in differ and _determined_by(params, k, f"{group}.name"):
-            continue
-        shown.append(k)
-
-    def order(k: str) -> tuple[int, str, bool, str]:
-        group, _, leaf = k.partition(".")
-        # the preset, then each group's choice followed by the keys swept within it: "adam lr=0.01"
-        rank = -1 if k == PRESET else GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER)
-        return (rank, group, leaf != "name", k)
-
-    shown.sort(key=order)
-    leaves = [k.rpartition(".")[2] for k in shown]
-
-    def part(p: dict[str, str], k: str) -> str:
-        value = p.get(k, "unset")
-        if k == PRESET or k.endswith(".name"):
-            return value
-        leaf = k.rpartition(".")[2]
-        return f"{leaf if leaves.count(leaf) == 1 else k}={value}"
-
-    return [" ".join(part(p, k) for k in shown) for p in params]
-
-
+# -- rows ----------------------------------------------------------------------------------------------------
 def _float(value: Any) -> float | None:
     try:
         f = float(value)
@@ -252,11 +197,13 @@ def _cell(value: Any, digits: str) -> str:
     return str(value).replace("\n", " ").replace("|", "\\|")
 
 
-def _markdown(rows: list[dict[str, Any]], title: str, summary: str, png_name: str) -> str:
+def _markdown(rows: list[dict[str, Any]], title: str, summary: str, png_name: str, groups_md: str = "") -> str:
     extra = [c for c in ("fit", "failure_reason") if any(r[c] for r in rows)]  # the sine edition's formulas
     cols = list(COLUMNS) + extra
     numeric = {"final_loss": ".4g", "steps_per_s": ".1f"}
     lines = [f"# {title}", "", summary, "", f"![loss curves]({png_name})", ""]
+    if groups_md:  # repeats over seeds: the groups and their contrasts, then every run
+        lines += [groups_md, "## Runs", ""]
     lines.append("| " + " | ".join(HEADERS.get(c, c) for c in cols) + " |")
     lines.append("|" + "|".join("---:" if c in numeric else "---" for c in cols) + "|")
     for r in rows:
@@ -302,75 +249,114 @@ def resolve_parent(tracking_uri: str, experiment: str, parent_run_id: str | None
     return _resolve(tracking_uri, experiment, parent_run_id)[1].info.run_id
 
 
+def sweep_runs(client: Any, parents: Sequence[Any]) -> tuple[list[groups.Run], list[list[int] | None]]:
+    """The children of each parent (in job order, parent by parent) with their curves read back, and the seeds
+    each sweep asked for (its ``overrides`` tag, groups.asked_seeds)."""
+    runs: list[groups.Run] = []
+    for i, parent in enumerate(parents):
+        pid = parent.info.run_id
+        # the parent's own experiment: an explicit --parent is enough to find its children
+        children = search_all(client, [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{pid}'", [])
+        if not children:
+            raise ReportError(f"run {pid} ({parent.info.run_name}) has no child runs: not a sweep")
+        for run in sorted(children, key=groups.job_order):
+            steps, losses = _history(client, run.info.run_id)
+            final = losses[-1] if losses else _float(run.data.metrics.get("final_loss"))
+            runs.append(groups.Run(run, as_asked(run), final, i, steps, losses))
+    return runs, [groups.asked_seeds(p.data.tags.get("overrides")) for p in parents]
+
+
 def make_report(
-    tracking_uri: str, experiment: str, parent_run_id: str | None, out_dir: Path, log_artifacts: bool = True
+    tracking_uri: str, experiment: str, parent_run_id: str | Sequence[str] | None, out_dir: Path,
+    log_artifacts: bool = True, baseline: str | None = None,
 ) -> ReportResult:
-    """Read a sweep's child runs back from MLflow, write ``loss_curves.png``, ``report.md`` and ``report.csv``
-    into ``out_dir`` and log them to the parent run under ``report/``.
+    """Read a sweep's child runs back from MLflow, group them (tracking.groups), write ``loss_curves.png``,
+    ``report.md``, ``report.csv``, ``groups.csv`` and ``contrasts.csv`` into ``out_dir`` and, for one sweep, log
+    them to its parent run under ``report/``.
 
     ``parent_run_id=None`` takes the latest sweep: the most recently started run of ``experiment`` that has
-    child runs. Raises :class:`ReportError` for a missing store, experiment, sweep or run.
+    child runs; several ids make one report of their sweeps together (logged to no run). ``baseline`` is the
+    label of the group the others are compared with (default: the first group in job order). Raises
+    :class:`ReportError` for a missing store, experiment, sweep, run or group.
     """
-    client, parent = _resolve(tracking_uri, experiment, parent_run_id)
+    ids = [parent_run_id] if parent_run_id is None or isinstance(parent_run_id, str) else list(parent_run_id)
+    client, parent = _resolve(tracking_uri, experiment, ids[0])
+    parents = [parent, *(_resolve(tracking_uri, experiment, i)[1] for i in ids[1:])]
     parent_run_id = parent.info.run_id
-    # the parent's own experiment: an explicit --parent is enough to find its children
-    children = search_all(
-        client,
-        [parent.info.experiment_id],
-        f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-        ["attributes.start_time ASC"],
-    )
-    if not children:
-        raise ReportError(f"run {parent_run_id} ({parent.info.run_name}) has no child runs: not a sweep")
-
-    histories = [_history(client, r.info.run_id) for r in children]
-    rows = [_row(r, losses) for r, (_, losses) in zip(children, histories, strict=True)]
-    # best first, in the table and the legend; runs without a loss last
+    log_artifacts = log_artifacts and len(parents) == 1
+    runs, asked = sweep_runs(client, parents)
+    found = groups.group_runs(runs, asked)
+    try:
+        contrasts = groups.contrasts(found, baseline)
+    except groups.UnknownGroup as e:
+        raise ReportError(f"--baseline: {e}") from None
+    rows = [_row(r.run, r.losses) for r in runs]
+    # best first, in the table; runs without a loss last
     order = sorted(range(len(rows)), key=lambda i: (rows[i]["final_loss"] is None, rows[i]["final_loss"] or 0.0))
-    children, histories, rows = ([seq[i] for i in order] for seq in (children, histories, rows))
+    children, rows = [runs[i].run for i in order], [rows[i] for i in order]
     labels = differing_labels([as_asked(r) for r in children])
     labels = [lab or r.info.run_name for lab, r in zip(labels, children, strict=True)]
     if len(set(labels)) < len(labels):  # identical configs (reruns): the short id tells them apart
         labels = [f"{lab} ({r.info.run_id[:8]})" for lab, r in zip(labels, children, strict=True)]
+    label_of = dict(zip((r.info.run_id for r in children), labels, strict=True))
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     png, md, csv_path = out_dir / "loss_curves.png", out_dir / "report.md", out_dir / "report.csv"
-    title = f"{experiment}: {parent.info.run_name} ({len(children)} runs)"
-    fits = [(lab, fit) for lab, r in zip(labels, children, strict=True) if (fit := _fit(client, r))]
-    curves, drawn = sweep_figure(
-        (
-            (lab, steps, losses, r.info.status != "FINISHED")
-            for lab, (steps, losses), r in zip(labels, histories, children, strict=True)
-            if losses
-        ),
-        fits,
-        title,
-        png,
+    names = " + ".join(p.info.run_name for p in parents)
+    title = f"{experiment}: {names} ({len(children)} runs" + (f", {len(found)} groups)" if
+                                                              len(found) < len(children) else ")")
+    # a group of one is its run, labelled as today; a group of several is one entry
+    drawn_as = [(g.label if len(g.runs) > 1 else label_of[g.runs[0].run.info.run_id], g) for g in found]
+    if len(found) == len(children):  # no repeats: best first, as the table
+        drawn_as.sort(key=lambda lg: labels.index(lg[0]))
+    fits = []
+    for label, g in drawn_as:
+        if fit := _fit(client, g.runs[0].run):  # one fit per group: its first seed's
+            fits.append((label, fit))
+    legend, drawn = sweep_figure(
+        [(label, [(r.steps, r.losses, r.run.info.status != "FINISHED") for r in g.runs]) for label, g in drawn_as],
+        fits, title, png,
     )
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    summary = f"experiment `{experiment}` · parent run `{parent_run_id}` · " + ", ".join(
+    where = " + ".join(f"`{p.info.run_id}`" for p in parents)
+    summary = f"experiment `{experiment}` · parent run{'s' if len(parents) > 1 else ''} {where} · " + ", ".join(
         f"{n} {s.lower()}" for s, n in sorted(counts.items())
     )
     done = [r for r in rows if r["final_loss"] is not None and r["status"] == "FINISHED"]
     if done:
         best = min(done, key=lambda r: r["final_loss"])
         summary += f" · best: {best['run']}, final loss {best['final_loss']:.4g}"
-    md.write_text(_markdown(rows, f"Sweep report: {parent.info.run_name}", summary, png.name))
+    overlapped, hosts = groups.overlapping(children)
+    if overlapped:
+        summary += (f"\n\n{overlapped} of {len(children)} runs overlapped in time with another on the same host "
+                    f"({', '.join(sorted(hosts))}): their timings were measured under that load.")
+    group_rows = [groups.group_row(g) for g in found]
+    groups.write_csv(group_rows, groups.GROUP_COLUMNS, out_dir / groups.GROUPS_CSV)
+    groups.write_csv([vars(c) for c in contrasts], groups.CONTRAST_COLUMNS, out_dir / groups.CONTRASTS_CSV)
+    extra = groups.markdown(group_rows, contrasts) if len(found) < len(children) else ""
+    title_md = f"Sweep report: {names}"
+    md.write_text(_markdown(rows, title_md, summary, png.name, extra))
     _write_csv(rows, csv_path)
+    written = [png, md, csv_path, out_dir / groups.GROUPS_CSV, out_dir / groups.CONTRASTS_CSV]
     if log_artifacts:
-        for path in (png, md, csv_path):
+        for path in written:
             client.log_artifact(parent_run_id, str(path), ARTIFACT_PATH)
-    return ReportResult(parent_run_id, out_dir, png, md, csv_path, rows, curves, drawn, labels)
+    return ReportResult(parent_run_id, out_dir, png, md, csv_path, rows, len(legend), drawn, labels, found, contrasts,
+                        legend)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python scripts/report.py [--experiment E] [--parent ID|latest] [--tracking-uri URI] [--out DIR]``."""
+    """``python scripts/report.py [--experiment E] [--parent ID|latest ...] [--baseline LABEL] [--tracking-uri
+    URI] [--out DIR]``."""
     ap = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiment", default="backproplab", help="MLflow experiment name (default: %(default)s)")
-    ap.add_argument("--parent", default="latest", help="parent run id of the sweep, or 'latest' (default)")
+    ap.add_argument("--parent", action="append", help="parent run id of the sweep, or 'latest' (default); give it "
+                    "several times to compare sweeps in one report (written to --out only, logged to no run)")
+    ap.add_argument("--baseline", help="the group every other group is compared with, by its label (default: the "
+                    "first group in job order)")
     ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
     ap.add_argument("--out", type=Path, help="output folder (default: ./reports/<parent run id>/)")
     ap.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
@@ -379,16 +365,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         uri = args.tracking_uri or default_store()[0]
-        parent = resolve_parent(uri, args.experiment, None if args.parent == "latest" else args.parent)
-        out = args.out or Path("reports") / parent
-        result = make_report(uri, args.experiment, parent, out, log_artifacts=not args.no_log)
+        asked = args.parent or ["latest"]
+        parents = [resolve_parent(uri, args.experiment, None if p == "latest" else p) for p in asked]
+        out = args.out or Path("reports") / "+".join(p if len(parents) == 1 else p[:8] for p in parents)
+        log = not args.no_log and len(parents) == 1
+        result = make_report(uri, args.experiment, parents, out, log_artifacts=log, baseline=args.baseline)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except MlflowException as e:  # e.g. a server that does not answer: its message, not a traceback
         print(f"error: MLflow: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 1
-    where = "" if args.no_log else f", logged to run {result.parent_run_id} under {ARTIFACT_PATH}/"
+    where = f", logged to run {result.parent_run_id} under {ARTIFACT_PATH}/" if log else ""
     fits = f", {result.fits} fits" if result.fits else ""
-    print(f"report: {len(result.rows)} runs, {result.curves} curves{fits} -> {result.markdown}{where}")
+    grouped = f" in {len(result.groups)} groups" if len(result.groups) < len(result.rows) else ""
+    print(f"report: {len(result.rows)} runs{grouped}, {result.curves} curves{fits} -> {result.markdown}{where}")
     return 0

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -31,6 +32,7 @@ from backproplab.tracking.params import flatten, resolved_yaml
 from backproplab.tracking.spool import ServerAway, Spool, apply, bound_http_retries, send
 from backproplab.tracking.store import (
     AUTO_TAG,
+    HOST_TAG,
     JOB_TAG,
     OPEN_TAG,
     PARENT_TAG,
@@ -110,6 +112,7 @@ class MlflowTracker(Recorder):
             "model": c.model.name,
             "optim": c.optim.name,
             "loss": c.loss.name,
+            HOST_TAG: socket.gethostname(),
             "overrides": " ".join(overrides),
             # the run's description in the UI: the command that makes it again
             "mlflow.note.content": names.command(overrides),

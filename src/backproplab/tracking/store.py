@@ -31,6 +31,8 @@ SWEPT_TAG = "backproplab.swept"  # on the parent: the keys the sweep varies, whi
 # on a run: the keys it was asked to choose itself (trainer.threads=auto); their params hold what it chose
 AUTO_TAG = "backproplab.auto"
 JOB_TAG = "backproplab.job"  # on a sweep's child run: its job number, the sweep's order
+GROUP_TAG = "backproplab.group"  # on a sweep's child run: its group's label (tracking/groups.py)
+HOST_TAG = "backproplab.host"  # on a run: the machine it trained on (runs that overlapped there shared its CPUs)
 SLURM_TAG = "backproplab.slurm_job"  # on a run made by a Slurm job: its job id (<array>_<task>)
 RESTARTS_TAG = "backproplab.slurm_restarts"  # on a run that went on after Slurm restarted its job: how many times
 

@@ -62,6 +62,18 @@ def compose_first_job(config: DictConfig) -> None:
         sys.exit(2)
 
 
+def tag_groups(found: list[Any], uri: str) -> None:
+    """Every child run gets its group's label (``backproplab.group``), so that MLflow's UI can "Group by" it."""
+    from mlflow.tracking import MlflowClient
+
+    from backproplab.tracking.store import GROUP_TAG, retry_locked
+
+    client = MlflowClient(uri)
+    for g in found:
+        for r in g.runs:
+            retry_locked(client.set_tag, r.run.info.run_id, GROUP_TAG, g.label)
+
+
 class MlflowSweepCallback(Callback):
     def _client(self, config: DictConfig) -> tuple[Any, str]:
         from backproplab.tracking.store import open_store
@@ -108,8 +120,11 @@ class MlflowSweepCallback(Callback):
 
         out = Path(config.hydra.sweep.dir) / "report"
         try:
-            make_report(uri, config.logger.experiment_name, self.parent_id, out)
+            result = make_report(uri, config.logger.experiment_name, self.parent_id, out)
             print(f"[backproplab] report: {out}/report.md", flush=True)
+            for line in result.verdicts():
+                print(f"[backproplab] {line}", flush=True)
+            tag_groups(result.groups, uri)
         except Exception as e:  # a report problem must not change the sweep's outcome
             print(f"[backproplab] report skipped: {e}", flush=True)
         try:
