@@ -398,6 +398,9 @@ def test_no_secrets_in_the_record() -> None:
     assert "s3cr3t" not in resolved_yaml(cfg)
     assert mask_secrets("https://ghp_abc123@host/x") == "https://***@host/x"
     assert mask_secrets("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    # a whole file (multirun.yaml): a value ends at whitespace, and the lines after it stay
+    text = "    - ?token=abc123\n  help: '[key=value ...]'\n  overrides:\n    task:\n    - seed=0,1\n"
+    assert mask_secrets(text) == text.replace("abc123", "***").replace("key=value", "key=***")
 
 
 def test_progress_bar_in_a_terminal_and_ctrl_c_there(ws: Workspace) -> None:

@@ -20,7 +20,8 @@ def mask_secrets(uri: str) -> str:
     also tokens in a query string."""
     uri = re.sub(r"//([^/:@]+):([^/@]+)@", r"//\1:***@", uri)
     uri = re.sub(r"//([^/:@*]+)@", r"//***@", uri)  # a bare token as the user part
-    return re.sub(r"(?i)((?:token|password|secret|key)=)[^&]+", r"\1***", uri)
+    # a value ends at & or whitespace: the whole YAML files this also masks (multirun.yaml) keep their other lines
+    return re.sub(r"(?i)((?:token|password|secret|key)=)[^&\s]+", r"\1***", uri)
 
 def launch_dir() -> Path:
     """The directory the user launched from (Hydra's runtime.cwd), whatever Hydra's output dir is."""
