@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO, Workspace
@@ -81,7 +82,7 @@ def test_experiment_learns_like_the_tutorial(nine: Workspace, name: str) -> None
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_record_is_complete(nine: Workspace, name: str) -> None:
+def test_experiment_record_is_complete(nine: Workspace, name: str, tmp_path: Path) -> None:
     run = nine.children[name]
     client = nine.client()
     assert run.info.status == "FINISHED"
@@ -93,20 +94,33 @@ def test_experiment_record_is_complete(nine: Workspace, name: str) -> None:
     assert {"config.yaml", "loss_curve.png"} <= artifacts
     config = client.download_artifacts(run.info.run_id, "config.yaml")
     assert f"name: {TUTORIAL[name][0]}" in open(config).read()
-    # every run's model (tests/test_models.py: it predicts as its trainer), and its weights in problem.py's naming
+    # every run's model (tests/test_models.py: it predicts as its trainer), which holds its weights: their one copy
     models = client.search_logged_models(
         [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
     )
     assert [m.name for m in models] == ["model"]
-    import numpy as np
-
-    weights = np.load(client.download_artifacts(run.info.run_id, "weights.npz"))
-    assert {"w1", "w2"} <= set(weights.files)  # the original nine are unchanged by the sine edition
+    assert "weights.npz" not in artifacts
+    weights = model_weights(models[0], TUTORIAL[name][0], tmp_path)
+    assert {"w1", "w2"} <= set(weights)  # the original nine are unchanged by the sine edition
     assert weights["w1"].shape == (1000, 100) and weights["w2"].shape == (100, 10)
     assert weights["w1"].dtype == TUTORIAL[name][6]
     if name == "dynamic":
         schedule = json.load(open(client.download_artifacts(run.info.run_id, "repeat_schedule.json")))
         assert len(schedule) == 500 and set(schedule) == {0, 1, 2, 3}
+
+
+def model_weights(logged: Any, trainer: str, folder: Path) -> dict:
+    """A run's final weights in problem.py's naming, read from its logged model (docs/models.md)."""
+    import mlflow
+    import numpy as np
+
+    model = mlflow.artifacts.download_artifacts(artifact_uri=logged.artifact_location, dst_path=str(folder))
+    if trainer == "lightning":  # the module itself
+        from backproplab.models import export_weights
+
+        return export_weights(mlflow.pytorch.load_model(model))
+    with np.load(Path(model) / "artifacts" / "weights.npz") as arrays:
+        return dict(arrays)
 
 
 # what shows that a section's step is its own way's: a line only that trainer (or its model) has
@@ -146,12 +160,34 @@ def test_the_lesson_shows_each_ways_step_beside_its_curve(nine: Workspace) -> No
         assert [n for n, text in sections.items() if OWN_LINE[only] in text] == [only]
     assert page.count("<img ") == 10 and page.count("data:image/png;base64,") == 10
     assert "<script" not in page and "http://" not in page.split("</h1>", 1)[1]  # self-contained
-    for name, run in nine.children.items():
+    for name, run in nine.children.items():  # a sweep of one seed: each run is its group, and checks
         assert run.data.metrics["verify/grad_rel_diff"] <= 1e-10, name
     parent = next(r for r in nine.runs() if "mlflow.parentRunId" not in r.data.tags)
     assert "lesson.html" in {a.path for a in nine.client().list_artifacts(parent.info.run_id)}
     out = nine.proc.stdout
     assert f"/runs/{parent.info.run_id}/artifacts/lesson.html" in out and str(path) in out  # where to open it
+
+
+def test_a_seed_sweep_checks_once_a_group_and_stores_the_weights_once(tmp_path: Path) -> None:
+    """The gradient check runs once per group (the runs equal but for their seed), in the job of the sweep's first
+    seed ("range(4, 7)", with a space, as the sweep's overrides tag keeps it); a run's weights are stored once: in
+    its model, or, with logger.log_model=false, as weights.npz."""
+    ws = Workspace(tmp_path)
+    ws.train("-m", "experiment=numpy", "trainer.max_steps=3", "seed=range(4, 7)", "logger.log_model=true,false")
+    runs = ws.runs(children_only=True)
+    assert len(runs) == 6
+    checked = [(r.data.params["seed"], r.data.params["logger.log_model"]) for r in runs
+               if "verify/grad_rel_diff" in r.data.metrics]
+    assert sorted(checked) == [("4", "False"), ("4", "True")]
+    client = ws.client()
+    for run in runs:
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        models = client.search_logged_models([run.info.experiment_id],
+                                             filter_string=f"source_run_id = '{run.info.run_id}'")
+        if run.data.params["logger.log_model"] == "True":
+            assert [m.name for m in models] == ["model"] and "weights.npz" not in artifacts
+        else:
+            assert models == [] and "weights.npz" in artifacts
 
 
 def test_a_runs_code_is_its_source_files(nine: Workspace, tmp_path) -> None:

@@ -109,6 +109,12 @@ def test_the_seeds_a_sweep_asked_for_come_from_its_overrides() -> None:
     assert groups.asked_seeds("+seed=7") == [7]
     assert groups.asked_seeds("optim=sgd,adam") is None
     assert groups.asked_seeds(None) is None
+    # a space inside the override (the tag joins overrides with spaces); shuffle(...) in its listed order; the
+    # sweeper's params after the command line, the last one winning, as in Hydra's sweeper
+    assert groups.asked_seeds("experiment=numpy seed=range(4, 7) optim.lr=1,2") == [4, 5, 6]
+    assert groups.asked_seeds("seed=shuffle(5,3,4)") == [5, 3, 4]
+    assert groups.asked_seeds("seed=range(0,4)", {"seed": "8,9"}) == [8, 9]
+    assert groups.asked_seeds("seed=interval(0,1)") is None
     assert groups.spans([0, 1, 2, 3, 5, 7, 8]) == "0–3, 5, 7–8"
 
 
@@ -137,7 +143,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_a_sweep_over_seeds_ends_in_groups_a_contrast_and_a_band(sweeps: Workspace) -> None:
     ws = sweeps
     first = parents(ws)[0]
-    out = next(ws.path.glob("multirun/*/*/report"))  # the sweep callback's report, in its sweep dir
+    out = sorted(ws.path.glob("multirun/*/*/report"))[0]  # the sweep callback's report, in its sweep dir
     kids = [r for r in ws.runs(children_only=True) if r.data.tags["mlflow.parentRunId"] == first.info.run_id]
     assert len(kids) == 6
     # every child is tagged with its group, for MLflow's own "Group by"
@@ -210,9 +216,11 @@ def test_two_sweeps_compare_in_one_report_written_to_out_and_to_no_run(sweeps: W
 
 
 # -- runs written with MlflowClient: a FAILED seed, a seed that never ran, many seeds ---------------------------
-def _store(ws: Workspace, seeds: int, failed: tuple[int, ...] = (), overrides: str | None = None) -> str:
+def _store(ws: Workspace, seeds: int, failed: tuple[int, ...] = (), overrides: str | None = None,
+           overlap: bool = False) -> str:
     """A sweep written with MlflowClient, as an older sweep (no group tags): ``seeds`` seeds of one config, each
-    with a 50-step curve and its step code, the ``failed`` ones FAILED after 10 steps."""
+    with a 50-step curve and its step code, the ``failed`` ones FAILED after 10 steps; ``overlap``: each run's
+    times overlap the next one's on one host, as two joblib workers' do."""
     import json
 
     from mlflow.entities import Metric
@@ -230,8 +238,10 @@ def _store(ws: Workspace, seeds: int, failed: tuple[int, ...] = (), overrides: s
                                                      "code": "w = w - 1  # the step\n" * 10}]}))
     rng = np.random.default_rng(seeds)
     for seed in range(seeds):
-        run = client.create_run(exp_id, run_name=f"numpy seed={seed}",
-                                tags={"mlflow.parentRunId": parent.info.run_id, "backproplab.job": str(seed)})
+        start = 1_700_000_000_000 + seed * (1000 if overlap else 10_000)
+        run = client.create_run(exp_id, run_name=f"numpy seed={seed}", start_time=start,
+                                tags={"mlflow.parentRunId": parent.info.run_id, "backproplab.job": str(seed),
+                                      "backproplab.host": "node1"})
         rid = run.info.run_id
         client.log_batch(rid, params=[_param("seed", str(seed)), _param("trainer.name", "numpy"),
                                       _param("optim.lr", "1e-06")])
@@ -240,7 +250,7 @@ def _store(ws: Workspace, seeds: int, failed: tuple[int, ...] = (), overrides: s
         client.log_batch(rid, metrics=[Metric("train/loss", float(scale * 1e4 / (s + 1)), 0, s) for s in range(steps)]
                          + [Metric("time/step_ms", float(rng.uniform(0.4, 0.6)), 0, 0)])
         client.log_artifact(rid, str(code / "step.json"), "code")
-        client.set_terminated(rid, "FAILED" if seed in failed else "FINISHED")
+        client.set_terminated(rid, "FAILED" if seed in failed else "FINISHED", end_time=start + 5000)
     client.set_terminated(parent.info.run_id, "FINISHED")
     return parent.info.run_id
 
@@ -252,13 +262,16 @@ def _param(key: str, value: str):  # noqa: ANN202
 
 
 def test_a_failed_seed_and_one_that_never_ran_are_missing_never_averaged(ws: Workspace) -> None:
-    parent = _store(ws, 5, failed=(3,), overrides="seed=range(0,6)")  # seed 5 died before it opened a run
+    parent = _store(ws, 5, failed=(3,), overrides="seed=range(0,6)", overlap=True)  # seed 5 never opened a run
     result = make_report(ws.uri, "backproplab", parent, ws.path / "out", log_artifacts=False)
     (row,) = read_csv(ws.path / "out" / "groups.csv")
     assert (row["n"], row["seeds"], row["missing"], row["failed"]) == ("4", "0–2, 4", "3 (FAILED), 5 (no run)", "1")
     finals = [r.final for r in result.groups[0].runs if r.finished]
     assert float(row["final_loss_gmean"]) == pytest.approx(sp.gmean(finals))
     assert result.legend == ["numpy (only the seed varies), n=5, 1 failed"]  # one group, one entry
+    # the runs shared a host at the same time: their timings are said to be measured under that load
+    assert ("5 of 5 runs overlapped in time with another on the same host (node1): their timings were measured "
+            "under that load.") in result.markdown.read_text()
 
 
 def test_the_lesson_page_of_64_seeds_is_at_most_twice_that_of_8(ws: Workspace) -> None:
@@ -275,3 +288,27 @@ def test_the_lesson_page_of_64_seeds_is_at_most_twice_that_of_8(ws: Workspace) -
         assert f"over {n} runs" in text and f"<dt>seeds</dt><dd>{n}</dd>" in text
         sizes[n] = page.stat().st_size
     assert sizes[64] <= 2 * sizes[8], sizes
+
+
+def test_the_comparing_page_quotes_the_report_of_make_compare() -> None:
+    """docs/comparing.md's block is make compare's report as written (scripts/docs_images.py): a group table of
+    three optimizers over five seeds, and verdicts whose ratios agree with the table, within the digits shown
+    (over the same seeds, the geometric mean of per-seed ratios is the ratio of the geometric means)."""
+    import re
+
+    text = (REPO / "docs" / "comparing.md").read_text()
+    block = text.split("<!-- compare:begin", 1)[1].split("<!-- compare:end -->", 1)[0]
+    rows = [line.split("|")[1:-1] for line in block.splitlines() if line.startswith("| ") and "---" not in line]
+    header, *groups_ = rows
+    assert [c.strip() for c in header[:4]] == ["group", "n", "seeds", "final loss (geometric mean)"]
+    gmean = {g[0].strip(): float(g[3]) for g in groups_}
+    assert list(gmean) == ["sgd", "adam", "rmsprop"] and all(g[1].strip() == "5" for g in groups_)
+    verdicts = [line for line in block.splitlines() if line.startswith("- ")]
+    assert len(verdicts) == 4  # 2 groups x 2 metrics, against sgd
+    for line in verdicts:
+        m = re.match(r"- (\w+) vs sgd: (final loss|step time) ([\d.e+-]+)× \(95% CI [\d.e+-]+–[\d.e+-]+\), "
+                     r"(lower|higher) on \d/5 seeds, p = [\d.]+", line)
+        assert m, line
+        if m.group(2) == "final loss":
+            assert float(m.group(3)) == pytest.approx(gmean[m.group(1)] / gmean["sgd"], rel=0.06), line
+        assert "cannot decide: 5 pairs cannot reach p < 0.05, 6 can" in line

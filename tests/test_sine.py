@@ -172,6 +172,7 @@ def test_the_lesson_shows_each_fit_over_sin_and_its_formula(eight: Workspace) ->
         assert formula in text and f'alt="fit of sine_{name}"' in page, name
     function = html.unescape(re.sub(r"<[^>]+>", "", page.split('id="sine_function"')[1].split("<section")[0]))
     assert "class LegendrePolynomial3(torch.autograd.Function):" in function  # its step's own Function
+    # one seed: each run is its own group and checks itself (a seed sweep checks once a group: test_experiments.py)
     for name, run in eight.children.items():  # poly_nn and poly_dynamic are not autograd's: no figure
         agreement = run.data.metrics.get("verify/grad_rel_diff")
         assert agreement is None or agreement <= 1e-10, name

@@ -258,7 +258,10 @@ def test_a_server_that_stays_away_costs_no_step_once_synced(ws: Workspace, team:
     assert run.info.status == "FINISHED" and "final_loss" in run.data.metrics
     recorded = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert sorted(recorded) == list(range(steps))  # none missing, none twice
-    assert {"config.yaml", "loss_curve.png", "weights.npz"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "loss_curve.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    # its model, logged at sync from the spooled weights (their one copy: the run keeps no weights.npz)
+    models = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert [m.name for m in models] == ["model"]
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["random-64x1000"]
 
 

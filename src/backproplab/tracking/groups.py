@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,22 +84,42 @@ class Group:
         return {s: status.get(s, "no run") for s in self.asked if s not in done}
 
 
-def asked_seeds(overrides: str | None) -> list[int] | None:
-    """The seeds a sweep asked for, from its parent's ``overrides`` tag read with Hydra's parser (``seed=range(
-    0,64)``, ``seed=0,1,2``, ``seed=3``); None when the sweep did not name the seed."""
+def seed_overrides(text: str) -> list[str]:
+    """The ``seed`` overrides in a tag that joined a sweep's overrides with spaces: an override may hold spaces
+    (``seed=range(0, 64)``), so each takes the following words until Hydra's parser accepts it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parser = OverridesParser.create()
-    for text in (overrides or "").split():
-        if not text.lstrip("+~").startswith(f"{SEED}="):
-            continue
-        try:
-            (o,) = parser.parse_overrides([text])
-            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
-            return [int(v) for v in values]
-        except Exception:  # an interval (Optuna's) or a value that is no integer: no list of seeds to expect
-            return None
-    return None
+    parser, words, found = OverridesParser.create(), text.split(" "), []
+    for i, word in enumerate(words):
+        if re.match(rf"[+~]*{SEED}=", word):
+            for j in range(i + 1, len(words) + 1):
+                try:
+                    parser.parse_overrides([" ".join(words[i:j])])
+                except Exception:
+                    continue
+                found.append(" ".join(words[i:j]))
+                break
+    return found
+
+
+def asked_seeds(overrides: str | None, params: Mapping[str, Any] | None = None) -> list[int] | None:
+    """The seeds a sweep asked for, in the order its jobs run them: from its parent's ``overrides`` tag and the
+    sweeper's ``params`` (the later wins, as in Hydra's sweeper), read with Hydra's parser (``seed=range(0,64)``,
+    ``seed=3,1,2``, ``seed=7``; ``shuffle(...)`` in its listed order). None when the sweep did not name the
+    seed, or named it as something other than integers (Optuna's intervals)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    listed = seed_overrides(overrides or "") + [f"{k}={v}" for k, v in (params or {}).items() if k == SEED]
+    if not listed:
+        return None
+    try:
+        o = OverridesParser.create().parse_overrides(listed[-1:])[0]
+        if not o.is_sweep_override():
+            return [int(o.value())]
+        o.value().shuffle = False  # shuffle(...) orders its jobs at random: the listed order names the first
+        return [int(v) for v in o.sweep_string_iterator()]
+    except Exception:
+        return None
 
 
 def _key(params: dict[str, str]) -> tuple[tuple[str, str], ...]:
@@ -186,7 +206,8 @@ def contrasts(groups: Sequence[Group], baseline: str | None = None) -> list[stat
     return [
         stats.contrast(m, g.label, g.per_seed(m), base.label, base.per_seed(m))
         if any(r.seed is not None for r in g.runs + base.runs)
-        else stats.contrast(m, g.label, dict(enumerate(g.values(m))), base.label, {})
+        else stats.contrast(m, g.label, dict(enumerate(g.values(m))), base.label,  # no seeds: nothing to pair
+                            {-1 - i: v for i, v in enumerate(base.values(m))})
         for m in METRICS for g in groups if g is not base
     ]
 

@@ -347,7 +347,6 @@ class MlflowTracker(Recorder):
 
     # -- at the end ------------------------------------------------------------------------------
     def finish(self, result: Any, problem: Any) -> None:
-        self.flush()
         steps = self._computed  # the steps this process trained (a resumed run: those since its restart)
         final = {
             "final_loss": self.losses[-1],
@@ -358,7 +357,9 @@ class MlflowTracker(Recorder):
             **{f"time/{key}": value for key, value in result.timings.items()},
         }
         now = int(time.time() * 1000)
-        self._write({"op": "metrics", "metrics": [(k, float(v), now, 0) for k, v in final.items()]})
+        # with the last steps' batch: one write (a database commit each) rather than two
+        self._pending.extend((k, float(v), now, 0) for k, v in final.items())
+        self.flush()
         self._write(self._file("config.yaml", resolved_yaml(self.cfg)))
         # with its interpolations kept (optim.optimizer.lr: ${..lr}), so that +rerun overrides propagate
         self._write(self._file("config_source.yaml", resolved_yaml(self.cfg, resolve=False)))
@@ -396,12 +397,19 @@ class MlflowTracker(Recorder):
         self._write({"op": "metrics", "metrics": [(k, float(v), now, 0) for k, v in metrics.items()]})
 
     def log_weights(self, result: Any, problem: Any) -> None:
-        """The final weights, ``weights.npz`` in problem.py's naming, and the run's model (tracking.logged_model)."""
+        """The final weights, stored once: in the run's model (tracking.logged_model). Without a model
+        (``logger.log_model=false``, or one that could not be logged) they are ``weights.npz``, never lost."""
         weights = self._file("weights.npz", arrays=result.weights)
-        self._write(weights)
-        if self.cfg.logger.get("log_model", True):
-            model = logged_model.operation(result, problem, self.cfg.model, self.experiment_id, Path(weights["path"]))
+        if not self.cfg.logger.get("log_model", True):
+            self._write(weights)
+            return
+        model = logged_model.operation(result, problem, self.cfg.model, self.experiment_id, Path(weights["path"]))
+        try:
             self._write(model)
+        except Exception:
+            with contextlib.suppress(Exception):  # the run fails with the model's error, not this one's
+                self._write(weights)
+            raise
 
 def record_refusal(cfg: DictConfig, error: Exception) -> None:
     """A multirun job whose config was refused still leaves a FAILED child run with the reason, so that the

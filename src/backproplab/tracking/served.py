@@ -2,9 +2,10 @@
 jax): its final weights and the model's forward pass in numpy (backproplab.forward).
 
 MLflow's models-from-code: ``tracking/logged_model.py`` logs this file as the model's code, the weights
-(``weights.npz``) as its artifact and the model's name, served depth and dtype as its ``model_config``; MLflow runs
-the file when it loads the model. Loading needs numpy, MLflow and backproplab (``--env-manager local``), never torch,
-TensorFlow or JAX. A dynamic model predicts at its deepest path (backproplab.forward.served_repeats): deterministic.
+(``weights.npz``: the run's one copy of them) as its artifact and the model's name, served depth and dtype as its
+``model_config``; MLflow runs the file when it loads the model. Loading needs numpy, MLflow and backproplab
+(``--env-manager local``), never torch, TensorFlow or JAX. A dynamic model predicts at its deepest path
+(backproplab.forward.served_repeats): deterministic.
 """
 
 from typing import Any
