@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-quick lint ui verify bench examples examples-sine backends gpu-check docs docs-images
+.PHONY: train test test-quick lint ui verify bench examples examples-sine backends compare gpu-check docs docs-images
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ examples-sine: $(STAMP)
 # the same problem (the tutorial's bias-free net, randn start, SGD 1e-6) through every trainer, one multirun
 backends: $(STAMP)
 	$(PY) scripts/train.py -m trainer=numpy,tensor,autograd,function,tensorflow,tf2,jax,lightning model.bias=false model.init=randn optim.lr=1e-6
+
+# three optimizers over five seeds: groups, bands and paired contrasts in the report (docs/comparing.md)
+compare: $(STAMP)
+	$(PY) scripts/train.py -m optim=sgd,adam,rmsprop 'seed=range(0,5)'
 
 verify: $(STAMP)
 	$(PY) scripts/verify.py $(ARGS)

@@ -3,6 +3,8 @@
     python scripts/docs_images.py           # runs make examples and make examples-sine in a temporary folder,
                                             # then screenshots MLflow's UI on their store (headless Chromium)
     python scripts/docs_images.py --check   # exit 1 when an image's drawing code changed since it was made
+    python scripts/docs_images.py --only compare.png   # one picture (and, for compare.png, docs/comparing.md's
+                                                       # quoted output)
 
 docs/images/manifest.json holds, for each image, a hash of the code that draws it (the report and figure modules,
 the presets that are drawn, MLflow's version for the UI) and of the image itself. File times mean nothing in a
@@ -37,7 +39,11 @@ DRAWN_BY = {
     "sine-fits.png": ([*FIGURES, "conf/experiment/sine_*.yaml"], "make examples-sine: the fits and the curves"),
     "ui-runs.png": (UI, "mlflow ui: the runs table of make examples"),
     "ui-run.png": (UI, "mlflow ui: the optim run's page, its loss chart"),
+    "compare.png": ([*FIGURES, "src/backproplab/stats.py", "src/backproplab/tracking/groups.py"],
+                    "make compare: 3 optimizers x 5 seeds, a band per group"),
 }
+COMPARING = REPO / "docs" / "comparing.md"
+BLOCK = re.compile(r"(<!-- compare:begin[^>]*-->\n).*?(<!-- compare:end -->)", re.S)
 
 
 def code_hash(patterns: list[str]) -> str:
@@ -137,10 +143,36 @@ def ui_pictures(work: Path) -> None:
         ui.wait(timeout=30)
 
 
+def compare(work: Path) -> None:
+    """make compare's figure, and its groups and verdicts quoted in docs/comparing.md, as the sweep wrote them."""
+    report = make("compare", work) / "report"
+    shutil.copy(report / "loss_curves.png", IMAGES / "compare.png")
+    md = (report / "report.md").read_text()
+    groups = md.split("## Groups", 1)[1].split("## Contrasts", 1)[0]
+    table = [line for line in groups.splitlines() if line.startswith("|")]
+    verdicts = [line for line in md.splitlines() if line.startswith("- ") and " vs " in line]
+    block = "\n".join(["![make compare: a band per optimizer over its 5 seeds](images/compare.png)", "",
+                       *table, "", *verdicts, ""])
+    COMPARING.write_text(BLOCK.sub(lambda m: m.group(1) + block + m.group(2), COMPARING.read_text()))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only say which images are stale")
-    if parser.parse_args().check:
+    parser.add_argument("--only", choices=list(DRAWN_BY), help="make this picture alone")
+    args = parser.parse_args()
+    if args.only:
+        with tempfile.TemporaryDirectory(prefix="backproplab-docs-") as name:
+            if args.only != "compare.png":
+                sys.exit("--only makes compare.png alone; the others come from one run of make examples")
+            compare(Path(name))
+        made = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
+        patterns, shows = DRAWN_BY[args.only]
+        made[args.only] = {"code": code_hash(patterns), "image": image_hash(IMAGES / args.only), "shows": shows}
+        MANIFEST.write_text(json.dumps(made, indent=2) + "\n")
+        print(f"wrote {args.only} and manifest.json in {IMAGES.relative_to(REPO)}")
+        return 0
+    if args.check:
         if old := stale():
             print(f"stale images in docs/images: {', '.join(old)}: run make docs-images", file=sys.stderr)
             return 1
@@ -152,6 +184,7 @@ def main() -> int:
         shutil.copy(make("examples", work) / "report" / "loss_curves.png", IMAGES / "nine-examples.png")
         ui_pictures(work)
         shutil.copy(make("examples-sine", work) / "report" / "loss_curves.png", IMAGES / "sine-fits.png")
+        compare(work)
     manifest = {name: {"code": code_hash(patterns), "image": image_hash(IMAGES / name), "shows": shows}
                 for name, (patterns, shows) in DRAWN_BY.items()}
     MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -80,10 +80,11 @@ def step_axis(runs: Iterable[Trace]) -> bool:
 
 
 def draw_group(ax: Any, label: str, runs: list[Trace], log_steps: bool, color: str | None = None,
-               linestyle: str = "-") -> str:
+               linestyle: str = "-", crowded: bool = False) -> str:
     """One group on a log-loss axis, returns its colour. A run alone is its curve. Several: each seed a faint
     line, their geometric mean per step a line, and its 95% t-interval (stats.band) a band; a run that stopped
-    early (failed, diverged) is drawn to its last step, with an x, and leaves the band after it."""
+    early (failed, diverged) is drawn to its last step, with an x, and leaves the band after it. ``crowded``
+    (many groups on one axis) draws the seeds fainter still."""
     import numpy as np
 
     from backproplab.stats import band
@@ -98,7 +99,7 @@ def draw_group(ax: Any, label: str, runs: list[Trace], log_steps: bool, color: s
                           color=color)
         color = line.get_color()
     else:
-        faint = 0.35 if len(runs) <= 8 else 0.15
+        faint = 0.1 if crowded or len(runs) > 8 else 0.35
         for steps, values, _ in runs:
             (line,) = ax.plot(x(steps), values, color=color, alpha=faint, linewidth=0.6, label="_seed")
             color = line.get_color()
@@ -146,7 +147,7 @@ def sweep_figure(groups: list[tuple[str, list[Trace]]], fits: list[tuple[str, di
     colors = {}
     for i, (label, runs) in enumerate(groups):
         # a dash pattern per group as well as a colour: groups with equal losses (sequential vs custom) overlap
-        colors[label] = draw_group(ax, label, runs, log_steps, linestyle=DASHES[i % 4])
+        colors[label] = draw_group(ax, label, runs, log_steps, linestyle=DASHES[i % 4], crowded=len(groups) > 3)
     ax.set_yscale("log")
     if log_steps:
         ax.set_xscale("log")
