@@ -1,4 +1,5 @@
-"""Check that every trainer computes the same gradients and loss curve (see backproplab/verify.py).
+"""Check that every trainer computes the same gradients and loss curve (backproplab/verify.py; what it measures:
+backproplab/equivalence.py).
 
     python scripts/verify.py [--steps 500] [--seed 0] [--model sequential] [--bias both] [overrides...]
 """

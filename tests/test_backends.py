@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import Workspace
 
-from backproplab import verify
+from backproplab import equivalence
 from backproplab.trainers import registry
 
 BACKENDS = ("tf2", "jax")
@@ -40,7 +40,7 @@ def test_optimizers_mean_torch_optims_math() -> None:
     """Every optimizer each backend accepts, against torch.optim (Lightning), float64, 500 steps."""
     overrides = ["seed=0", "model=sequential", "logger=none", "accelerator=cpu", "data.dtype=float64",
                  "trainer.precision=64-true", "trainer.max_steps=500"]
-    report = verify.check_optimizers(list(BACKENDS), overrides)
+    report = equivalence.check_optimizers(list(BACKENDS), overrides)
     rows = {row[0]: row for row in report.rows}
     assert set(rows) == {registry.reference("optim_reference"), *BACKENDS}
     for trainer in BACKENDS:
@@ -48,7 +48,8 @@ def test_optimizers_mean_torch_optims_math() -> None:
         cells = dict(zip(report.params, rows[trainer][1:-1], strict=True))
         assert set(cells) == {"sgd", "sgd_momentum", "adam", "rmsprop", "adagrad"}
         for optim, cell in cells.items():
-            assert float(cell) <= verify.OPTIM_TOL.get(optim, verify.OPTIM_TOL_DEFAULT), (trainer, optim, cell)
+            bound = equivalence.OPTIM_TOL.get(optim, equivalence.OPTIM_TOL_DEFAULT)
+            assert float(cell) <= bound, (trainer, optim, cell)
     assert report.ok
 
 

@@ -76,6 +76,105 @@ def test_tracking_never_imports_a_trainer_and_nothing_low_imports_upward() -> No
             assert dep in {"steps", "runtime", "signals"}, f"{low}.py imports backproplab.{dep}"
 
 
+def import_graph() -> dict[str, set[str]]:
+    """Each module of the package (dotted: ``backproplab.tracking.run``; a package's ``__init__`` is the package)
+    -> the package's modules it imports: module-level and inside functions, relative names resolved. ``from
+    backproplab import signals`` is an arrow to ``backproplab.signals``, not to the package's ``__init__``; the
+    parent packages that Python loads on the way are not arrows (each would close a circle with its own modules)."""
+    modules = {".".join(p.relative_to(PKG.parent).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in PKG.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # from . import x, from ..tracking import store
+                    anchor = package.split(".")[: package.count(".") + 2 - node.level]
+                    base = ".".join([*anchor, base] if base else anchor)
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in modules:  # a name inside a module, or not ours at all
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    deps.add(target)
+        graph[name] = deps
+    return graph
+
+
+def unit(name: str) -> str:
+    """A module's unit: its subpackage (tracking, slurm, trainers, data), or itself for a top module."""
+    return ".".join(name.split(".")[:2])
+
+
+def by_package(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The same arrows between units (``unit``)."""
+    units: dict[str, set[str]] = {}
+    for name, deps in graph.items():
+        units.setdefault(unit(name), set()).update(unit(d) for d in deps if unit(d) != unit(name))
+    return units
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One circle of arrows (its first node repeated at its end), or None: a depth-first walk."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        path.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if dep in path:
+                return [*path[path.index(dep):], dep]
+            if dep not in done and (cycle := visit(dep)):
+                return cycle
+        done.add(path.pop())
+        return None
+
+    return next((cycle for node in sorted(graph) if node not in done and (cycle := visit(node))), None)
+
+
+def test_no_import_runs_in_a_circle() -> None:
+    """Neither between modules nor between packages: tracking/ and slurm/ each importing the other is a circle,
+    though no two modules of theirs import each other."""
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"b"}}) == ["b", "c", "b"] and find_cycle({"a": {"b"}}) is None
+    graph = import_graph()
+    assert "backproplab.agreement" in graph["backproplab.run"]  # an import inside a function is an arrow too
+    cycle = find_cycle(graph)
+    assert cycle is None, "modules import each other in a circle: " + " -> ".join(cycle or [])
+    cycle = find_cycle(by_package(graph))
+    if cycle is not None:
+        hops = []
+        for a, b in zip(cycle, cycle[1:], strict=False):  # each hop with the module imports that make it
+            arrows = sorted(f"{m} -> {d}" for m in graph for d in graph[m] if unit(m) == a and unit(d) == b)
+            hops.append(f"{a} -> {b} ({', '.join(arrows)})")
+        pytest.fail("packages import each other in a circle: " + "; ".join(hops))
+
+
+def test_tracking_and_trainers_never_import_the_run_or_its_entry_points() -> None:
+    """Not directly, nor through another module: run.py, cli.py and api.py are above both (and the package's
+    ``__init__``, which loads api.py for ``backproplab.train``)."""
+    graph = import_graph()
+    above = {"backproplab", "backproplab.run", "backproplab.cli", "backproplab.api"}
+    for start in sorted(n for n in graph if n.startswith(("backproplab.tracking", "backproplab.trainers"))):
+        came_from: dict[str, str] = {start: ""}
+        todo = [start]
+        while todo:
+            node = todo.pop()
+            for dep in graph[node] - came_from.keys():
+                came_from[dep] = node
+                todo.append(dep)
+        for top in sorted(above & came_from.keys()):
+            chain = [top]
+            while came_from[chain[-1]]:
+                chain.append(came_from[chain[-1]])
+            pytest.fail(f"{start} imports {top}: " + " -> ".join(reversed(chain)))
+
+
 def test_every_mlflow_import_in_the_package_is_inside_tracking() -> None:
     outside = [p for p in PKG.rglob("*.py") if "tracking" not in p.parts]
     for path in outside:

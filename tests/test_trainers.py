@@ -226,11 +226,11 @@ def test_float32_curves_agree_across_backends(model: str) -> None:
     for bit (the same torch ops in the same order); Lightning (nn.Linear's fused addmm), numpy, TensorFlow and
     JAX sum in other orders and stay within FLOAT32_BOUND, relative, at every step. The dynamic net's bound is
     wider: which ReLUs are dead depends on the last bits, and its repeats amplify that."""
-    from backproplab import verify
+    from backproplab import equivalence
     from backproplab.runtime import conf_dir
 
     names = [t for t, spec in registry.trainers().items() if spec.supports("model", model)]
-    cfgs = verify.compose_configs(names, ["logger=none", "trainer.max_steps=200", f"model={model}"], conf_dir())
+    cfgs = equivalence.compose_configs(names, ["logger=none", "trainer.max_steps=200", f"model={model}"], conf_dir())
     problem = make_problem(cfgs[registry.reference()])
     curves = {}
     for name in names:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from backproplab import verify
+from backproplab import agreement, equivalence, verify
+from backproplab.runtime import conf_dir
 from backproplab.steps import Result
 from backproplab.trainers import numpy as numpy_trainer
 from backproplab.trainers import registry
@@ -111,3 +112,15 @@ def test_bad_arguments_exit_2() -> None:
     with pytest.raises(SystemExit) as e:
         verify.main(["--trainers", "numpy,caffe"])
     assert e.value.code == 2
+
+
+def test_a_sweep_jobs_own_check_measures_what_verify_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """backproplab.agreement, which a sweep job logs as verify/grad_rel_diff: a right trainer's first step is
+    autograd's to rounding, a wrong one's shows its error, and a model the reference cannot train has no check."""
+    cfg = equivalence.compose_configs(["numpy"], ["logger=none", "model.bias=false"], conf_dir())["numpy"]
+    assert agreement.first_step_agreement(cfg) < 1e-10
+    monkeypatch.setattr(numpy_trainer, "train", wrong_gradient)
+    assert agreement.first_step_agreement(cfg.copy()) == pytest.approx(1e-3, rel=1e-3)  # grad_w1 x 1.001
+    sine = ["logger=none", "data=sine", "model=poly_nn"]
+    assert agreement.first_step_agreement(equivalence.compose_configs(["lightning"], sine, conf_dir())["lightning"]) \
+        is None

@@ -3,7 +3,7 @@
 A problem family is a data option: ``conf/data/<name>.yaml`` names its module (``backproplab.data.<name>``),
 whose ``make(cfg)`` returns a :class:`Problem`. Plain numpy on purpose: each backend converts these same
 arrays, which is what makes runs comparable across numpy, torch, Lightning and TensorFlow (and the
-equivalence check in verify.py possible).
+equivalence check in equivalence.py possible).
 """
 
 from __future__ import annotations

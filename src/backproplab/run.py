@@ -200,7 +200,7 @@ def gradient_agreement(cfg: DictConfig, rec: Any) -> float | None:
     group's first seed; the lesson page reads it from that run. None in the group's other jobs."""
     if not checks_its_group(cfg, rec):
         return None  # and no torch import, no autograd training: a numpy job stays numpy's
-    from backproplab.verify import first_step_agreement
+    from backproplab.agreement import first_step_agreement
 
     try:
         return first_step_agreement(cfg)

@@ -69,6 +69,22 @@ def is_rank_zero() -> bool:
     return all(os.environ.get(var, "0") == "0" for var in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
+# Which Slurm job this is lives here, below both of its users: the record tags its run with it (tracking), and the
+# job's own logic (slurm.job) acts on it; in slurm/, tracking would import slurm, which imports tracking.
+def slurm_job() -> str | None:
+    """This process's Slurm job as squeue and scancel take it (``<array>_<task>`` for a job of an array), when it
+    is a task of a job that Hydra's submitit launcher started; None elsewhere."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or "SLURM_JOB_ID" not in os.environ:
+        return None
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ["SLURM_JOB_ID"]
+
+
+def slurm_restarts() -> int:
+    """How many times Slurm has started this job before (0 for its first start)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
 @cache
 def conf_dir() -> Path:
     """The config tree: shipped inside the installed package, or conf/ at the root of a source checkout."""

@@ -21,18 +21,22 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from backproplab.runtime import slurm_job
+from backproplab.runtime import slurm_restarts as restarts  # how many times Slurm started this job before
+
 NOTE = "slurm_run.json"
 
 
 def active() -> bool:
     """This process is a task of a Slurm job started by Hydra's submitit launcher."""
-    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_JOB_ID" in os.environ
+    return slurm_job() is not None
 
 
 def job_id() -> str:
-    """This job's id as squeue and scancel take it: ``<array>_<task>`` for a job of an array."""
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    return f"{array}_{task}" if array and task else os.environ["SLURM_JOB_ID"]
+    """This job's id as squeue and scancel take it: ``<array>_<task>`` for a job of an array. Only in a job."""
+    if (job := slurm_job()) is None:
+        raise RuntimeError("this process is not a task of a Slurm job")
+    return job
 
 
 def warning_signal() -> int | None:
@@ -42,11 +46,6 @@ def warning_signal() -> int | None:
         return None
     signum = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
     return None if signum in (None, signal.SIGTERM, signal.SIGINT) else int(signum)
-
-
-def restarts() -> int:
-    """How many times Slurm has started this job before (0 for its first start)."""
-    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
 def being_requeued() -> bool:

@@ -22,9 +22,8 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from backproplab import signals
+from backproplab import runtime, signals
 from backproplab.runtime import git_commit, hydra_overrides, is_rank_zero, mask_secrets, sweep_dir
-from backproplab.slurm import job as slurm_job
 from backproplab.steps import Recorder
 from backproplab.tracking import code, logged_model, names
 from backproplab.tracking.figures import fit_plot, loss_curve
@@ -126,8 +125,8 @@ class MlflowTracker(Recorder):
             tags[AUTO_TAG] = " ".join(self.auto_keys)
         if commit := git_commit():
             tags["mlflow.source.git.commit"] = commit
-        if slurm_job.active():
-            tags[SLURM_TAG] = slurm_job.job_id()
+        if job := runtime.slurm_job():  # runtime's, not slurm/'s: slurm/ imports tracking
+            tags[SLURM_TAG] = job
         if sweep_dir() and HydraConfig.initialized():
             tags[JOB_TAG] = str(HydraConfig.get().job.num)  # the job's place in its sweep (the lesson's order)
         parent = None
@@ -171,7 +170,7 @@ class MlflowTracker(Recorder):
                 self.steps.append(metric.step)
                 self.losses.append(metric.value)
             self._logged_through, self._earlier = (self.steps[-1] if self.steps else -1), len(self.steps)
-            restarts = {SLURM_TAG: slurm_job.job_id(), RESTARTS_TAG: str(slurm_job.restarts())}
+            restarts = {SLURM_TAG: runtime.slurm_job() or "", RESTARTS_TAG: str(runtime.slurm_restarts())}
             send(apply, self.client, run_id, {"op": "tags", "tags": restarts}, timeout=self.server_timeout,
                  server=self._server)
             if "failure_reason" in self.run.data.tags:  # why it stopped before: over once it goes on
@@ -185,7 +184,7 @@ class MlflowTracker(Recorder):
                 raise TrackingError(f"cannot reopen run {run_id} to resume it: {mask_secrets(str(e))[:300]}") from None
             raise
         log.info("resuming run %s after %d logged steps (Slurm restart %d)", run_id, self._earlier,
-                 slurm_job.restarts())
+                 runtime.slurm_restarts())
         return self
 
     def _create_run(self, exp_id: str, name: str, tags: dict[str, str]) -> None:

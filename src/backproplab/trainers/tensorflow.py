@@ -101,7 +101,7 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
                              inter_op_parallelism_threads=threads)
     with tf1.Session(graph=g, config=config) as sess:
         sess.run(init)
-        grads0 = sess.run(grads, feed_dict=feed_dict)  # the first step's gradients, for verify.py
+        grads0 = sess.run(grads, feed_dict=feed_dict)  # the first step's gradients, for equivalence.py
         start = time.perf_counter()
         # lesson: step
         for i in range(cfg.trainer.max_steps):
