@@ -135,6 +135,7 @@ def validate(cfg: DictConfig) -> None:
         _int(cfg, "trainer.checkpoint_every", 0)
     if "keep_checkpoints" in cfg.trainer:
         _int(cfg, "trainer.keep_checkpoints", 1)
+    _check_lightning_trainer(cfg)
     factor = cfg.trainer.get("divergence_factor")
     if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 1):
         raise ConfigError(
@@ -150,6 +151,24 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"ckpt_path={cfg.ckpt_path} is not a file")
         _check_resume(cfg)
     check_support(cfg)
+
+
+# the Lightning Trainer's arguments (trainer.pl) that follow the trainer's own keys, which the rest of the run reads
+PL_FOLLOWS = ("accelerator", "devices", "precision", "strategy", "num_nodes", "max_steps")
+
+
+def _check_lightning_trainer(cfg: DictConfig) -> None:
+    """trainer.pl.max_steps=10 would train 10 steps while the run's params, checks and record say trainer.max_steps:
+    such a key is set through the trainer's own."""
+    pl = cfg.trainer.get("pl")
+    if not isinstance(pl, DictConfig):
+        return
+    for key in PL_FOLLOWS:
+        if key in pl and not OmegaConf.is_interpolation(pl, key):
+            raise ConfigError(
+                f"trainer.pl.{key} follows trainer.{key}, which the rest of the run reads: set trainer.{key}="
+                f"{pl[key]} instead"
+            )
 
 
 def _check_resume(cfg: DictConfig) -> None:

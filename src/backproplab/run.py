@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from backproplab import regions, signals, threads
+from backproplab import progress, regions, signals, threads
 from backproplab.config import ConfigError, declared, refuse_added_keys, validate
 from backproplab.problem import make_problem
 from backproplab.runtime import hydra_overrides, job_dir, mask_hydra_outputs, mask_logs, sweep_dir
@@ -160,7 +160,9 @@ def train(cfg: DictConfig, opened: Callable[[Recorder], None] | None = None) -> 
         threads.use(count)  # in every framework those imports loaded
         problem = make_problem(cfg)
         t0 = time.perf_counter()
-        result = train_fn(problem, cfg, rec.on_step)
+        with progress.bar(cfg, rec.on_step) as bar:  # the progress line, in a terminal: drawn from the step hook
+            result = train_fn(problem, cfg, bar.on_step)
+            bar.finish(result.loop_s)
         rec.finish(result, problem)
         if rec.run_id and sweep_dir() and (agreement := gradient_agreement(cfg, rec)) is not None:  # the lesson's
             rec.log({"verify/grad_rel_diff": agreement})

@@ -8,6 +8,7 @@ the sweep dir tag (tracking.store.find_parent_run), which works in any process a
 from __future__ import annotations
 
 import atexit
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,40 @@ def swept_keys(config: DictConfig) -> list[str]:
     keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
     params = config.hydra.sweeper.get("params") or {}
     return keys + [k for k in params if k not in keys]
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def sweep_size(job: DictConfig) -> tuple[set[str], int | None]:
+    """From a sweep job's config: the keys its sweep varies, and how many jobs it has where that can be known.
+    Hydra's basic sweeper runs every combination of its sweeper params and the command line's sweeps (read back
+    from the multirun.yaml it saves before any job starts), so the count is the product of their lengths; a
+    sweeper with a trial budget (Optuna's ``n_trials``) runs that many; an interval or a glob leaves it unknown."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    sweeper = job.hydra.sweeper
+    typed: list[str] = []
+    saved = Path(str(job.hydra.sweep.dir)) / "multirun.yaml"
+    try:  # a sweeper that saves none (Optuna's), or a node that cannot see it: the sweeper's params alone
+        typed = [str(o) for o in OmegaConf.load(saved).hydra.overrides.task]
+    except Exception:
+        pass
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    counts: dict[str, int | None] = {}
+    for o in OverridesParser.create().parse_overrides(params + typed):  # as typed: Hydra has parsed them already
+        if not o.is_sweep_override():  # later wins, as in the basic sweeper
+            counts.pop(o.key_or_group, None)
+            continue
+        try:
+            counts[o.key_or_group] = len(list(o.sweep_string_iterator())) if o.is_discrete_sweep() else None
+        except Exception:  # a glob: its values need the config repository
+            counts[o.key_or_group] = None
+    if sweeper.get("_target_") != BASIC_SWEEPER:
+        return {*counts}, sweeper.get("n_trials")
+    sizes = [n for n in counts.values() if n is not None]
+    return {*counts}, math.prod(sizes) if counts and len(sizes) == len(counts) else None
 
 
 def compose_first_job(config: DictConfig) -> None:
@@ -160,6 +195,27 @@ class MlflowSweepCallback(Callback):
                 client.set_terminated(run.info.run_id, status)
             closed.append((run, status, reason))
         return closed
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A sweep job says which it is, of how many: ``[backproplab] job 3/15: optim=adam seed=2`` (its swept
+        values; the count where the sweep's values can be listed). Hydra calls this for a single run too: silent."""
+        from hydra.types import RunMode
+
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        from backproplab.runtime import mask_secrets
+
+        sweep = str(config.hydra.sweep.dir)
+        if getattr(self, "_sweep_of", None) != sweep:  # read once a sweep where its jobs share this callback
+            try:
+                size = sweep_size(config)
+            except Exception:  # a line to say which job this is must never fail the job
+                size = (set(), None)
+            self._sweep_of, (self._swept, self._total) = sweep, size
+        ours = [o for o in config.hydra.overrides.task if o.partition("=")[0].lstrip("+~") in self._swept]
+        of = f"/{self._total}" if self._total else ""
+        shown = " ".join(mask_secrets(o) for o in ours or config.hydra.overrides.task)
+        print(f"[backproplab] job {config.hydra.job.num + 1}{of}" + (f": {shown}" if shown else ""), flush=True)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         """With logger=none there is no record to count failures from: a failed job (run.main returns +inf)

@@ -7,9 +7,10 @@ module as buffers (moved to the device once); the "dataloader" only counts the s
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
-import sys
+import os
+import re
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -19,30 +20,57 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.profilers import PassThroughProfiler
-from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
-from omegaconf import DictConfig
+from lightning.pytorch.strategies import StrategyRegistry
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from backproplab import signals
 from backproplab.models import export_weights, load_weights
 from backproplab.problem import Problem
+from backproplab.runtime import conf_dir
 from backproplab.steps import CKPT_META, OnStep, Recorder, Result
 
-# Lightning's start-up banners (GPU/TPU available, tips) add nothing to a run's log.
-for pkg in ("lightning.pytorch", "pytorch_lightning"):  # the second name shows up in joblib workers
-    for name in ("utilities.rank_zero", "trainer.connectors.checkpoint_connector"):
-        logging.getLogger(f"{pkg}.{name}").setLevel(logging.WARNING)
-warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
-# With manual optimization a step's checkpoint holds the weights after that step's update: exactly the
-# state a resume from step K needs, so Lightning's warning about it does not apply here.
-warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
-# The "dataloader" only counts steps (the full batch lives in the module), so a checkpoint saved mid-"epoch" resumes
-# exactly (tests/test_reliability.py holds it bit for bit): Lightning's warning about resuming such a loader is moot.
-warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
-# Where Slurm is installed, Lightning advises every run that is not started with srun to be so. A run on a login
-# node is a local run here; a run sent to Slurm goes through hydra/launcher=slurm, which starts it with srun.
-warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
+# Lightning's INFO lines that add nothing to a run's log: the start-up banners (GPU/TPU available, tips), "`Trainer.fit`
+# stopped: `max_steps=N` reached." and "Restoring states from the checkpoint ...". Their loggers' levels are Lightning's
+# documented switch (docs: "Configure console logging"); ``quiet`` sets them only while Lightning runs. The second
+# package name: the same modules under pytorch_lightning, which joblib workers may import.
+INFO_LOGGERS = tuple(
+    f"{pkg}.{name}"
+    for pkg in ("lightning.pytorch", "pytorch_lightning")
+    for name in ("utilities.rank_zero", "trainer.connectors.checkpoint_connector")
+)
+# The warnings that say nothing here, ignored while Lightning runs (``quiet``), each for its reason:
+IGNORED = (
+    # Where Slurm is installed, Lightning advises every run that is not started with srun to be so (each time it
+    # looks for a cluster: as the Trainer is built, as fit starts). A run on a login node is a local run here; a
+    # run sent to Slurm goes through hydra/launcher=slurm, which starts it with srun.
+    re.escape("The `srun` command is available on your system but is not used"),
+    # With manual optimization a step's checkpoint holds the weights after that step's update: exactly the state a
+    # resume from that step needs, so ModelCheckpoint's warning about it (at each save) does not apply here.
+    re.escape("Using ModelCheckpoint with manual optimization"),
+    # torch deprecates building a LeafSpec, which Lightning's data loading still does as fit starts: Lightning's
+    # to change.
+    re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),
+)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Lightning's INFO lines off (``INFO_LOGGERS``) and the ``IGNORED`` warnings ignored, for the code inside;
+    both are put back after."""
+    loggers = [logging.getLogger(name) for name in INFO_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        for message in IGNORED:
+            warnings.filterwarnings("ignore", message=message)
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
 
 
 class TutorialModule(L.LightningModule):
@@ -63,15 +91,6 @@ class TutorialModule(L.LightningModule):
         self.register_buffer("x", torch.from_numpy(problem.x), persistent=False)
         self.register_buffer("y", torch.from_numpy(problem.y), persistent=False)
         self.repeats = problem.repeats
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning names the hook it is in on the module around every hook call (~26 times a step), and
-        # nn.Module.__setattr__'s parameter/buffer/module checks made that ~10% of the tutorial's step. The name
-        # is a plain attribute, which needs none of those checks.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     # lesson: step
     def forward(self, x: torch.Tensor, step: int | None = None) -> torch.Tensor:
@@ -96,11 +115,6 @@ class TutorialModule(L.LightningModule):
         checkpoint[CKPT_META] = self.meta
 
 
-# Lightning asks inspect, every step, whether training_step takes batch_idx; inspect honours a function's
-# __signature__, so the answer is worked out once (2-3% of the tutorial's Lightning loop here, alternating rounds).
-TutorialModule.training_step.__signature__ = inspect.signature(TutorialModule.training_step)  # type: ignore[attr-defined]
-
-
 class NoProfiler(PassThroughProfiler):
     """Lightning's default profiler without its cost: PassThroughProfiler profiles nothing, but still builds a
     generator context manager around each of the ~26 hook calls of a step (4% of the tutorial's loop here)."""
@@ -111,28 +125,54 @@ class NoProfiler(PassThroughProfiler):
         return self._none
 
 
-HISTORY = "backproplab/loss_history"  # (step, loss) rows, sent back from spawned DDP workers
+class Quiet(L.Callback):
+    """``quiet`` in each process that Lightning spawns to train (ddp_spawn): a new Python, with the default
+    warning filters and log levels, which unpickles the Trainer with this callback before it trains; from then
+    until ``teardown`` (or ``on_exception``: Lightning calls no teardown hook after an exception)."""
+
+    def __init__(self) -> None:
+        self.on: contextlib.ExitStack | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.on = contextlib.ExitStack()
+        self.on.enter_context(quiet())
+
+    def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        if self.on is not None:
+            self.on.close()
+            self.on = None
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        self.teardown(trainer, module, "fit")
 
 
 class StepReporter(L.Callback):
     """Hands each step's loss to the run's recorder, the same way every other trainer does;
     keeps the first step's gradients for the equivalence check.
 
-    Under ``strategy=ddp_spawn`` training happens in worker processes that get a pickled copy of this
-    callback without the recorder; rank 0 collects the curve and Lightning ships it back to the main
-    process in ``trainer.callback_metrics``, where ``replay`` hands it to the recorder.
+    Where Lightning starts the training processes itself (``strategy=ddp_spawn``), they train with a copy of this
+    callback, and no recorder: rank 0 keeps the curve and checks it (divergence). Lightning brings only the weights
+    back to the main process, so rank 0 saves the curve to ``history_to``, and ``replay`` hands it to the recorder.
     """
 
     def __init__(self, on_step: OnStep, divergence_factor: float | None = None, requeue_to: str | None = None):
         self.on_step: OnStep | None = on_step
         self.requeue_to = requeue_to  # where to save the checkpoint that a requeued Slurm job resumes from
+        self.history_to: str | None = None  # where a spawned rank 0 saves the curve (train() sets it)
         self.grads0: dict[str, np.ndarray] = {}
         self.exception: BaseException | None = None
         self.worker = Recorder(divergence_factor)  # a spawned worker's curve and checks, until sent back
-        self.last = float("nan")
+        self.pid = os.getpid()  # the process with the recorder
+        self.spawned = False
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "on_step": None}  # the recorder (and its MLflow client) stays in main
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        self.spawned = os.getpid() != self.pid  # a process Lightning started, with a copy of this callback
 
     def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule, optimizer: Any) -> None:
         if trainer.global_step == 0:
@@ -140,48 +180,27 @@ class StepReporter(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, *_: Any) -> None:
         step, loss = trainer.global_step - 1, outputs["loss"].item()
-        self.last = loss
-        if self.on_step is not None:
+        if not self.spawned and self.on_step is not None:
             self.on_step(step, loss)
         elif trainer.is_global_zero:
             self.worker.on_step(step, loss)
         if self.requeue_to and signals.warned():  # Slurm's time-limit warning: save this step, then stop
-            trainer.save_checkpoint(self.requeue_to)
+            trainer.save_checkpoint(self.requeue_to, weights_only=False)
             raise signals.Requeue(step)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if self.on_step is None and trainer.is_global_zero:
-            rows = list(zip(self.worker.steps, self.worker.losses, strict=True))
-            trainer.callback_metrics[HISTORY] = torch.tensor(rows, dtype=torch.float64)
+        if self.spawned and trainer.is_global_zero and self.history_to:
+            np.save(self.history_to, np.array([self.worker.steps, self.worker.losses], dtype=np.float64))
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
         self.exception = exception
 
-    def replay(self, trainer: L.Trainer, on_step: OnStep) -> None:
-        for step, loss in trainer.callback_metrics.get(HISTORY, torch.empty(0, 2)).tolist():
-            on_step(int(step), loss)
-
-
-class LossBar(TQDMProgressBar):
-    """Lightning's progress bar showing the reporter's loss: no per-step self.log (which costs more than
-    the tutorial's whole step), and a redraw every few steps rather than every step."""
-
-    def __init__(self, reporter: StepReporter, refresh_rate: int):
-        super().__init__(refresh_rate=refresh_rate)
-        self.reporter = reporter
-
-    def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
-        return {**super().get_metrics(trainer, module), "loss": f"{self.reporter.last:.4g}"}
-
-    # training is counted in steps (the whole run is one Lightning "epoch"): the bar says "train", not "Epoch 0"
-    @property
-    def train_description(self) -> str:
-        return "train"
-
-    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
-        bar = self.train_progress_bar
-        bar.reset(total=self.total_train_batches)
-        bar.initial = 0
+    def replay(self, on_step: OnStep) -> None:
+        """In the main process: the curve a spawned rank 0 saved, to the recorder."""
+        if self.history_to and os.path.isfile(self.history_to):
+            steps, losses = np.load(self.history_to)
+            for step, loss in zip(steps.tolist(), losses.tolist(), strict=True):
+                on_step(int(step), loss)
 
 
 class Steps:
@@ -197,8 +216,26 @@ class Steps:
     def __len__(self) -> int:
         return self.n
 
+    # Lightning's interface of a resumable loader. Every batch is the same empty one, so there is no position to
+    # keep: a resume from any step is exact (tests/test_reliability.py holds it bit for bit), and Lightning does
+    # not warn that a checkpoint saved mid-"epoch" resumes a loader that cannot resume.
+    def state_dict(self) -> dict[str, Any]:
+        return {}
 
-def cluster_environment(strategy: str) -> list[Any]:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def spawns(strategy: Any) -> bool:
+    """Whether Lightning starts the training processes itself, from the start method that its registry of
+    strategy names gives (``ddp_spawn``: spawn; ``ddp_fork``, ``ddp_notebook``: fork; ``ddp``: none, it re-runs
+    the command)."""
+    if str(strategy) not in StrategyRegistry:  # auto, or an object (Trainer(strategy=DDPStrategy(...))): taken as none
+        return False
+    return StrategyRegistry[str(strategy)]["init_params"].get("start_method") in ("spawn", "fork", "forkserver")
+
+
+def cluster_environment(strategy: Any) -> list[Any]:
     """Inside a Slurm job (srun), where the ranks come from: Slurm's tasks (``strategy=ddp``: one task per
     device, which hydra/launcher=slurm asks for), or Lightning's own processes (``ddp_spawn``: one task spawns
     them). Lightning's auto-requeue stays off: Slurm's time-limit warning is submitit's signal (USR2), acted on
@@ -207,12 +244,16 @@ def cluster_environment(strategy: str) -> list[Any]:
 
     if not SLURMEnvironment.detect():
         return []
-    spawns = any(word in strategy for word in ("spawn", "fork", "notebook"))  # ddp_spawn, ddp_fork, ddp_notebook
-    return [LightningEnvironment()] if spawns else [SLURMEnvironment(auto_requeue=False)]
+    return [LightningEnvironment()] if spawns(strategy) else [SLURMEnvironment(auto_requeue=False)]
 
 
-def progress_bar(setting: Any) -> bool:
-    return sys.stdout.isatty() if str(setting) == "auto" else bool(setting)
+def trainer_node(t: DictConfig) -> DictConfig:
+    """``trainer.pl``: Lightning's Trainer as the config builds it. A config recorded before that node existed
+    (``+rerun`` of an older run) gets the one conf/trainer/lightning.yaml has now, following the same keys."""
+    if "pl" not in t:
+        with open_dict(t):
+            t.pl = OmegaConf.load(conf_dir() / "trainer" / "lightning.yaml").pl
+    return t.pl
 
 
 def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
@@ -226,9 +267,6 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
     requeue_to = f"{t.checkpoint_dir}/last.ckpt" if checkpointing else None
     reporter = StepReporter(on_step, t.get("divergence_factor"), requeue_to)
     callbacks: list[L.Callback] = [reporter]
-    show_bar = progress_bar(t.get("progress_bar", "auto"))
-    if show_bar:
-        callbacks.append(LossBar(reporter, refresh_rate=max(1, t.max_steps // 100)))
     if checkpointing:
         callbacks.append(
             ModelCheckpoint(
@@ -245,42 +283,45 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
                 enable_version_counter=False,  # a rolling file: never last-v1.ckpt beside last.ckpt
             )
         )
-    trainer = L.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        precision=t.precision,
-        strategy=t.get("strategy", "auto"),
-        num_nodes=t.get("num_nodes", 1),
-        plugins=cluster_environment(str(t.get("strategy", "auto"))),
-        max_steps=t.max_steps,
-        max_epochs=-1,
-        logger=False,  # the run's record is written by backproplab.tracking, like every other trainer's
-        enable_checkpointing=checkpointing,
-        enable_model_summary=False,
-        enable_progress_bar=show_bar,
-        callbacks=callbacks,
-        profiler=NoProfiler(),
-    )
-    # DDP, or any processes Lightning starts itself (ddp_spawn even on one device): no requeue on Slurm's time-limit
-    # warning, which those processes ignore (signals.warning_ignored)
-    several = trainer.world_size > 1 or isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
-    if several:
-        reporter.requeue_to = None
-    start = time.perf_counter()
-    try:
-        with signals.warning_ignored() if several else contextlib.nullcontext():
-            trainer.fit(module, train_dataloaders=Steps(t.max_steps), ckpt_path=cfg.get("ckpt_path"))
-    except SystemExit:
-        # Lightning turns Ctrl-C into sys.exit(1) after its graceful shutdown; hand the interrupt on so
-        # that the run is recorded as KILLED, not FAILED.
-        if isinstance(reporter.exception, KeyboardInterrupt):
-            raise reporter.exception from None
-        raise
-    loop_s = time.perf_counter() - start
-    if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
-        reporter.replay(trainer, on_step)
-    if checkpointing:  # collective under DDP: every rank calls it, rank 0 writes
-        trainer.save_checkpoint(f"{t.checkpoint_dir}/last.ckpt")
+    pl = trainer_node(t)
+    strategy = pl.get("strategy", "auto")
+    if spawns(strategy):  # processes that start without this one's warning filters and log levels
+        callbacks.append(Quiet())
+    with quiet():  # Lightning's lines that say nothing here, while it runs (in processes it spawns: Quiet)
+        trainer: L.Trainer = instantiate(
+            pl,  # the Trainer's arguments from the config (conf/trainer/lightning.yaml), and the harness's own:
+            callbacks=callbacks,
+            plugins=cluster_environment(strategy),
+            logger=False,  # the run's record is written by backproplab.tracking, like every other trainer's
+            enable_checkpointing=checkpointing,
+            # the run's progress line is every trainer's one, drawn by the harness from on_step (the reporter calls it)
+            enable_progress_bar=False,
+            profiler=NoProfiler(),
+            _convert_="all",  # plain lists for Lightning, not OmegaConf's
+        )
+        # DDP, or any processes Lightning starts itself (ddp_spawn even on one device): no requeue on Slurm's
+        # time-limit warning, which those processes ignore (signals.warning_ignored)
+        several = trainer.world_size > 1 or spawns(strategy)
+        if several:
+            reporter.requeue_to = None
+        with contextlib.ExitStack() as stack:
+            if several:
+                stack.enter_context(signals.warning_ignored())
+                reporter.history_to = os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "history.npy")
+            start = time.perf_counter()
+            try:
+                trainer.fit(module, train_dataloaders=Steps(trainer.max_steps), ckpt_path=cfg.get("ckpt_path"))
+            except SystemExit:
+                # Lightning turns Ctrl-C into sys.exit(1) after its graceful shutdown; hand the interrupt on so
+                # that the run is recorded as KILLED, not FAILED.
+                if isinstance(reporter.exception, KeyboardInterrupt):
+                    raise reporter.exception from None
+                raise
+            loop_s = time.perf_counter() - start
+            reporter.replay(on_step)
+        if checkpointing:  # collective under DDP: every rank calls it, rank 0 writes
+            # weights_only said, as ModelCheckpoint says it: else Lightning logs a line about its default
+            trainer.save_checkpoint(f"{t.checkpoint_dir}/last.ckpt", weights_only=False)
     net = net.cpu().eval()  # as it is logged: a dynamic model served at its deepest path (backproplab.forward)
     with torch.no_grad():  # what its logged model must predict
         dtype = next(net.parameters()).dtype
