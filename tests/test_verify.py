@@ -119,6 +119,9 @@ def test_a_sweep_jobs_own_check_measures_what_verify_does(monkeypatch: pytest.Mo
     autograd's to rounding, a wrong one's shows its error, and a model the reference cannot train has no check."""
     cfg = equivalence.compose_configs(["numpy"], ["logger=none", "model.bias=false"], conf_dir())["numpy"]
     assert agreement.first_step_agreement(cfg) < 1e-10
+    # a Lightning job's config: its Trainer (trainer.pl) follows the float64, one-step keys the check sets
+    lightning = equivalence.compose_configs(["lightning"], ["logger=none"], conf_dir())["lightning"]
+    assert agreement.first_step_agreement(lightning) < 1e-10
     monkeypatch.setattr(numpy_trainer, "train", wrong_gradient)
     assert agreement.first_step_agreement(cfg.copy()) == pytest.approx(1e-3, rel=1e-3)  # grad_w1 x 1.001
     sine = ["logger=none", "data=sine", "model=poly_nn"]

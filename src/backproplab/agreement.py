@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from backproplab.config import PL_FOLLOWS
 from backproplab.equivalence import QUIET, grad_diff, run_one
 from backproplab.problem import make_problem
 from backproplab.runtime import conf_dir
@@ -26,6 +27,9 @@ def one_step_float64(cfg: DictConfig, trainer: str) -> DictConfig:
     c.data.dtype, c.trainer.precision, c.trainer.max_steps = "float64", "64-true", 1
     c.trainer.update({k: v for k, v in QUIET.items() if k in c.trainer})
     c.trainer.checkpoint_dir, c.ckpt_path = None, None
+    if "pl" in c.trainer:  # Lightning's Trainer follows the keys set above, as in its yaml: not the resolved copy
+        for key in PL_FOLLOWS:
+            c.trainer.pl[key] = f"${{..{key}}}"
     return c
 
 
