@@ -211,9 +211,6 @@ def gradient_agreement(cfg: DictConfig, rec: Any) -> float | None:
         return None
 
 
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-
-
 def checks_its_group(cfg: DictConfig, rec: Any) -> bool:
     """Whether this sweep job computes its group's gradient check: its seed is the first the sweep asked for
     (tracking.groups.asked_seeds, from the parent run's overrides and the sweeper's params), or the sweep does not
@@ -223,6 +220,7 @@ def checks_its_group(cfg: DictConfig, rec: Any) -> bool:
 
     from backproplab.tracking.groups import asked_seeds
     from backproplab.tracking.store import find_parent_run
+    from backproplab.tracking.sweep import BASIC_SWEEPER
 
     hydra = HydraConfig.get()
     if hydra.sweeper.get("_target_") != BASIC_SWEEPER or rec.spool is not None:  # Optuna's trials: no seed groups
