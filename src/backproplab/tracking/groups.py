@@ -213,6 +213,7 @@ def contrasts(groups: Sequence[Group], baseline: str | None = None) -> list[stat
 
 
 def write_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str], path: Path) -> None:
+    """One row per dict, the given columns; a float in full (repr), None as an empty cell."""
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()

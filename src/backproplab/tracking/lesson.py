@@ -23,10 +23,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from backproplab.stats import quartiles, spread
 from backproplab.tracking.code import STEP
 from backproplab.tracking.figures import Trace, draw_group, step_axis
-from backproplab.tracking.groups import Group, group_runs
+from backproplab.tracking.groups import Group, group_row, group_runs
 from backproplab.tracking.report import sweep_runs
 
 NAME = "lesson.html"
@@ -92,7 +91,7 @@ def _read(client: Any, g: Group, into: str) -> dict[str, Any]:
     step_file = _artifact(client, run_id, f"code/{STEP}", into)
     fit_png = _artifact(client, run_id, "fit.png", into) if "fit.formula" in tags else None
     several = len(g.runs) > 1
-    loss, step_ms = spread(g.values("final_loss")), quartiles(g.values("step_ms"))
+    row = group_row(g)  # the report's own numbers for the group
     # the gradient check runs once per group: whichever of its runs has it
     agreement = next((a for r in g.runs if (a := r.run.data.metrics.get("verify/grad_rel_diff")) is not None), None)
     failed = [r.run.info.status for r in g.runs if r.run.info.status != "FINISHED"]
@@ -105,9 +104,9 @@ def _read(client: Any, g: Group, into: str) -> dict[str, Any]:
         "name": g.label if several else first.info.run_name, "n": len(g.runs), "problem": problem,
         "step": json.loads(step_file.read_text()) if step_file else {},
         "runs": [(r.steps, r.losses, r.run.info.status != "FINISHED") for r in g.runs],
-        "final": loss.gmean if several else g.runs[0].final,
-        "interval": (loss.ci_low, loss.ci_high) if several else None,
-        "step_ms": step_ms.median, "agreement": agreement,
+        "final": row["final_loss_gmean"] if several else g.runs[0].final,
+        "interval": (row["final_loss_ci_low"], row["final_loss_ci_high"]) if several else None,
+        "step_ms": row["step_ms_median"], "agreement": agreement,
         "formula": tags.get("fit.formula"),
         "fit": base64.b64encode(fit_png.read_bytes()).decode() if fit_png else None,
     }

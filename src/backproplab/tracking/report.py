@@ -11,7 +11,6 @@ The sweep callback calls :func:`make_report` after a multirun; :func:`main` is t
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import sys
@@ -217,16 +216,6 @@ def _markdown(rows: list[dict[str, Any]], title: str, summary: str, png_name: st
     return "\n".join(lines) + "\n"
 
 
-def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    # a fixed schema for scripts: failure_reason and the full run_id are always there
-    fields = [*COLUMNS, "failure_reason", "fit", "run_id"]
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r[k] is None else repr(r[k]) if isinstance(r[k], float) else r[k]) for k in fields})
-
-
 # -- the report ----------------------------------------------------------------------------------------------
 def _resolve(tracking_uri: str, experiment: str, parent_run_id: str | None) -> tuple[Any, Any]:
     """(client, parent run): the given run, or the latest sweep of ``experiment``; ReportError if none."""
@@ -339,7 +328,8 @@ def make_report(
     extra = groups.markdown(group_rows, contrasts) if len(found) < len(children) else ""
     title_md = f"Sweep report: {names}"
     md.write_text(_markdown(rows, title_md, summary, png.name, extra))
-    _write_csv(rows, csv_path)
+    # a fixed schema for scripts: failure_reason and the full run_id are always there
+    groups.write_csv(rows, [*COLUMNS, "failure_reason", "fit", "run_id"], csv_path)
     written = [png, md, csv_path, out_dir / groups.GROUPS_CSV, out_dir / groups.CONTRASTS_CSV]
     if log_artifacts:
         for path in written:
