@@ -77,15 +77,15 @@ def test_jax_float64_stays_inside_its_run() -> None:
 
     from backproplab.problem import make_problem
     from backproplab.runtime import conf_dir
+    from backproplab.spec import bind
     from backproplab.steps import Recorder
 
-    train = registry.get_train("jax")
     dtypes = []
     for dtype in ("float64", "float32"):
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = compose(config_name="config", overrides=["trainer=jax", "logger=none", f"data.dtype={dtype}",
                                                            "trainer.max_steps=3"])
-        result = train(make_problem(cfg), cfg, Recorder().on_step)
+        result = bind(cfg)(make_problem(cfg), Recorder().on_step)
         dtypes.append({w.dtype for w in result.weights.values()})
     assert dtypes == [{np.dtype("float64")}, {np.dtype("float32")}]
     assert not jax.config.jax_enable_x64
@@ -98,6 +98,7 @@ def test_backend_on_gpu_matches_the_cpu(trainer: str) -> None:
     from hydra import compose, initialize_config_dir
 
     from backproplab.problem import make_problem
+    from backproplab.spec import bind
     from backproplab.steps import Recorder
 
     if not registry.load(trainer).gpu_available():
@@ -109,6 +110,6 @@ def test_backend_on_gpu_matches_the_cpu(trainer: str) -> None:
                 f"trainer={trainer}", "logger=none", "data.dtype=float64", "trainer.precision=64-true",
                 "trainer.max_steps=20", f"trainer.accelerator={accelerator}"])
         rec = Recorder()
-        registry.get_train(trainer)(make_problem(cfg), cfg, rec.on_step)
+        bind(cfg)(make_problem(cfg), rec.on_step)
         curves.append(rec.losses)
     np.testing.assert_allclose(curves[1], curves[0], rtol=1e-8)

@@ -42,6 +42,7 @@ def train_and_log(uri: str, trainer: str, model: str, dtype: str) -> tuple[str, 
     from hydra import compose, initialize_config_dir
 
     from backproplab.problem import make_problem
+    from backproplab.spec import bind, predict
     from backproplab.tracking.run import MlflowTracker
 
     data = "sine" if model.startswith(("poly", "legendre")) else "random"
@@ -55,9 +56,9 @@ def train_and_log(uri: str, trainer: str, model: str, dtype: str) -> tuple[str, 
         cfg = compose(config_name="config", overrides=overrides)
     problem = make_problem(cfg)
     with MlflowTracker(cfg) as rec:
-        result = registry.get_train(trainer)(problem, cfg, rec.on_step)
+        result = bind(cfg)(problem, rec.on_step)
         rec.finish(result, problem)
-    return rec.run_id, result.outputs, problem.x
+    return rec.run_id, predict(cfg, result.weights, problem), problem.x
 
 
 @pytest.fixture(scope="module")

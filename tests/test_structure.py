@@ -53,6 +53,21 @@ def test_trainers_import_only_the_step_contract_problem_models_functions_and_opt
             assert dep.split("/")[0] in allowed, f"{path.relative_to(REPO)} imports backproplab.{dep}"
 
 
+def test_trainers_take_plain_values_and_the_run_never_writes_its_config() -> None:
+    """Issue 35: no trainer module takes the config (none imports omegaconf), each exposes its own forward pass
+    and first-step gradients beside its loop, and the run flow reads its run spec without writing the config."""
+    for spec in registry.trainers().values():
+        path = PKG / (spec.module.removeprefix("backproplab.").replace(".", "/") + ".py")
+        assert not {m for m in imports(path) if m.split(".")[0] == "omegaconf"}, f"{path.name} imports omegaconf"
+        tree = ast.parse(path.read_text())
+        defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)} | {
+            t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        assert {"train", "gradients", "predict"} <= defined, f"{path.name} defines {sorted(defined)}"
+    for path in files("trainers"):  # their shared helpers too; the registry reads the yamls, with OmegaConf
+        assert path.name == "registry.py" or "omegaconf" not in {m.split(".")[0] for m in imports(path)}, path.name
+    assert "open_dict" not in (PKG / "run.py").read_text()
+
+
 def reach(path: Path) -> set[str]:
     """Every backproplab module a file imports, directly or through the modules it imports."""
     seen: set[str] = set()
@@ -317,3 +332,23 @@ def test_every_trainer_and_model_it_trains_has_its_step_marked() -> None:
             step = regions.step_code(regions.read([file for file, _ in chosen]), chosen)
             assert {r["region"] for r in step} == {region for _, region in chosen}, (spec.name, model)
             assert all(r["code"].strip() and "# lesson:" not in r["code"] for r in step), (spec.name, model)
+
+
+@pytest.mark.parametrize("experiment", ["numpy", "tensor", "autograd", "function"])
+def test_the_lesson_shows_the_tutorials_net_as_the_tutorial_writes_it(experiment: str) -> None:
+    """Issue 35: the lesson page of ``-m experiment=numpy,tensor`` shows at most 30 non-blank lines of code per way
+    (the tutorial's own scripts are 21 and 23): the plain two-layer net and the loop, not the dynamic net's loop
+    nor the harness's plumbing; the dynamic net has its own region."""
+    from omegaconf import OmegaConf
+
+    from backproplab import regions
+
+    preset = OmegaConf.load(REPO / "conf" / "experiment" / f"{experiment}.yaml")
+    spec = registry.spec(next(d["override /trainer"] for d in preset.defaults if "override /trainer" in d))
+    chosen = regions.picks(spec.lesson, "sequential")
+    step = regions.step_code(regions.read([file for file, _ in chosen]), chosen)
+    lines = [line for r in step for line in str(r["code"]).splitlines() if line.strip()]
+    assert len(lines) <= 30, f"{experiment}: {len(lines)} lines\n" + "\n".join(lines)
+    assert not any("wm" in line or "middle" in line for line in lines), experiment  # the dynamic net's
+    if spec.supports("model", "dynamic"):
+        assert "dynamic_net" in {region for _, region in regions.picks(spec.lesson, "dynamic")}, spec.name

@@ -3,10 +3,10 @@ fails when one of them does not."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from conftest import REPO
 
@@ -49,30 +49,19 @@ def test_dynamic_net_agrees_and_tensorflow_is_skipped(capsys: pytest.CaptureFixt
     assert "skipped" in out and "all trainers agree" in out
 
 
-def wrong_gradient(problem, cfg, on_step) -> Result:
-    """A test-only trainer: the tutorial's numpy loop (bias-free), with grad_w1 off by a factor 1.001."""
-    x, y = problem.x, problem.y
-    w1, w2 = problem.weights["w1"].copy(), problem.weights["w2"].copy()
-    grads0 = {}
-    for i in range(cfg.trainer.max_steps):
-        h = x.dot(w1)
-        h_relu = np.maximum(h, 0)
-        y_pred = h_relu.dot(w2)
-        on_step(i, float(np.square(y_pred - y).sum()))
-        grad_y_pred = 2.0 * (y_pred - y)
-        grad_w2 = h_relu.T.dot(grad_y_pred)
-        grad_h = grad_y_pred.dot(w2.T)
-        grad_h[h < 0] = 0
-        grad_w1 = 1.001 * x.T.dot(grad_h)  # the deliberate mistake
-        if i == 0:
-            grads0 = {"w1": grad_w1.copy(), "w2": grad_w2.copy()}
-        w1 -= cfg.optim.lr * grad_w1
-        w2 -= cfg.optim.lr * grad_w2
-    return Result(weights={"w1": w1, "w2": w2}, loop_s=0.0, grads0=grads0)
+def wrong_pass(params, x, repeats=0):
+    """A test-only pass: the tutorial's two-layer net (bias-free), with grad_w1 off by a factor 1.001."""
+    y_pred, backward = numpy_trainer.two_layer_net(params, x)
+
+    def wrong(grad_y_pred):
+        grads = backward(grad_y_pred)
+        return {**grads, "w1": 1.001 * grads["w1"]}  # the deliberate mistake
+
+    return y_pred, wrong
 
 
 def test_a_wrong_gradient_fails_the_check(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    monkeypatch.setattr(numpy_trainer, "train", wrong_gradient)
+    monkeypatch.setitem(numpy_trainer.PASSES, "sequential", wrong_pass)
     code = verify.main(["--trainers", "numpy,tensor", "--bias", "false", "--steps", "30"])
     out = capsys.readouterr().out
     assert code == 1, out
@@ -86,10 +75,8 @@ def test_a_slightly_wrong_update_fails_on_the_loss_curve(monkeypatch: pytest.Mon
     """Right first-step gradients, but an update one part in a million too large: only the curve shows it."""
     real = numpy_trainer.train
 
-    def skewed_lr(problem, cfg, on_step) -> Result:
-        cfg = cfg.copy()
-        cfg.optim.lr = cfg.optim.lr * (1 + 1e-6)
-        return real(problem, cfg, on_step)
+    def skewed_lr(problem, settings, on_step) -> Result:
+        return real(problem, dataclasses.replace(settings, lr=settings.lr * (1 + 1e-6)), on_step)
 
     monkeypatch.setattr(numpy_trainer, "train", skewed_lr)
     assert verify.main(["--trainers", "numpy", "--bias", "true", "--steps", "50"]) == 1
@@ -122,7 +109,7 @@ def test_a_sweep_jobs_own_check_measures_what_verify_does(monkeypatch: pytest.Mo
     # a Lightning job's config: its Trainer (trainer.pl) follows the float64, one-step keys the check sets
     lightning = equivalence.compose_configs(["lightning"], ["logger=none"], conf_dir())["lightning"]
     assert agreement.first_step_agreement(lightning) < 1e-10
-    monkeypatch.setattr(numpy_trainer, "train", wrong_gradient)
+    monkeypatch.setitem(numpy_trainer.PASSES, "sequential", wrong_pass)
     assert agreement.first_step_agreement(cfg.copy()) == pytest.approx(1e-3, rel=1e-3)  # grad_w1 x 1.001
     sine = ["logger=none", "data=sine", "model=poly_nn"]
     assert agreement.first_step_agreement(equivalence.compose_configs(["lightning"], sine, conf_dir())["lightning"]) \

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from backproplab.config import PL_FOLLOWS
-from backproplab.equivalence import QUIET, grad_diff, run_one
+from backproplab.config import PL_FOLLOWS, validate
+from backproplab.equivalence import QUIET, grad_diff
 from backproplab.problem import make_problem
 from backproplab.runtime import conf_dir
+from backproplab.spec import gradients
 from backproplab.trainers import registry
 
 
@@ -42,8 +43,7 @@ def first_step_agreement(cfg: DictConfig) -> float | None:
     names = dict.fromkeys([reference, cfg.trainer.name])
     cfgs = {name: one_step_float64(cfg, name) for name in names}
     problem = make_problem(cfgs[reference])
-    outcomes = {name: run_one(name, cfgs[name], problem) for name in names}
-    if any(o.error or o.skipped for o in outcomes.values()):
-        failed = next(o for o in outcomes.values() if o.error or o.skipped)
-        raise RuntimeError(f"{failed.trainer}: {failed.error or failed.skipped}")
-    return max(grad_diff(outcomes[cfg.trainer.name].grads0, outcomes[reference].grads0).values())
+    for c in cfgs.values():
+        validate(c)
+    grads = {name: gradients(cfgs[name], problem) for name in names}  # each trainer's own, outside its loop
+    return max(grad_diff(grads[cfg.trainer.name], grads[reference]).values())

@@ -46,7 +46,8 @@ def train(*overrides: str, config_name: str = "config") -> TrainResult:
     from hydra.types import HydraContext
 
     from backproplab.cli import unknown_option
-    from backproplab.runtime import composition_error, conf_dir
+    from backproplab.runtime import conf_dir
+    from backproplab.suggest import composition_error
 
     if line := unknown_option(list(overrides)):
         raise ConfigError(line.removeprefix("error: "))
@@ -80,7 +81,7 @@ def _task(cfg: DictConfig) -> TrainResult | BaseException:
     """The job Hydra runs: a result, or the error to raise once Hydra has put its state back (a ConfigError, a
     store that cannot be opened: nothing trained). Returned, not raised: Hydra would print it once more."""
     from backproplab import run, signals
-    from backproplab.runtime import job_dir
+    from backproplab.runtime import discard_job_dir, job_dir
 
     run.mask_secrets_of_this_job()
     records: list = []
@@ -90,7 +91,9 @@ def _task(cfg: DictConfig) -> TrainResult | BaseException:
     try:
         run.train(cfg, records.append)
     except Exception as e:
-        if not records:  # refused before the run opened
+        if not records:  # refused before the run opened; a refused config leaves no output folder either
+            if isinstance(e, ConfigError):
+                discard_job_dir()
             return e
         status, reason = "FAILED", str(e)
     finally:

@@ -11,7 +11,8 @@ import gc
 import hydra
 from omegaconf import DictConfig
 
-from backproplab.runtime import ConfigError, composition_error, conf_dir
+from backproplab.runtime import ConfigError, conf_dir, note_named_dirs
+from backproplab.suggest import composition_error, hint, nearest
 
 
 # an absolute path: Hydra would take a relative one for a Python package (backproplab.conf), which it is not
@@ -42,7 +43,8 @@ def unknown_option(args: list[str]) -> str | None:
         there = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
         for option in (v.strip("'\"") for v in value.split(",")):
             if option not in there and option != "null":
-                return f"error: {group}={option} is not an option of {group}; options: {', '.join(there)}"
+                return (f"error: {group}={option} is not an option of {group}; {hint(nearest(option, there))}"
+                        f"options: {', '.join(there)}")
     return None
 
 
@@ -73,6 +75,7 @@ def train() -> None:
     if line := unknown_option(sys.argv[1:]):
         print(line, file=sys.stderr)
         sys.exit(2)
+    note_named_dirs(sys.argv[1:])
     # Hydra prints a refused composition in several lines and exits 1; with HYDRA_FULL_ERROR it raises instead,
     # and the refusal becomes one line here (a user who set HYDRA_FULL_ERROR keeps Hydra's full report)
     full_error = os.environ.get("HYDRA_FULL_ERROR")

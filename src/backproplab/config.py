@@ -50,8 +50,8 @@ APPENDABLE = ("rerun",)  # the keys a command line may add with +key=value (see 
 
 def refuse_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
     """Hydra's ``+key=value`` adds a key that the config does not have, and the run would silently ignore it
-    (``+optim.lrr=1e-3`` trains at the default lr): refuse it, naming the keys that are there."""
-    import difflib
+    (``+optim.lrr=1e-3`` trains at the default lr): refuse it, naming the nearest keys that are there."""
+    from backproplab.suggest import hint, nearest
 
     for item in overrides:
         if not item.startswith("+") or item.startswith("++"):
@@ -64,12 +64,31 @@ def refuse_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
         if isinstance(node, DictConfig) and "_target_" in node:
             continue  # passed on to the object it builds (+optim.optimizer.weight_decay=1e-4)
         there = [str(k) for k in node.keys() if str(k) != leaf] if isinstance(node, DictConfig) else []
-        close = difflib.get_close_matches(leaf, there, n=1)
-        hint = f"did you mean {parent + '.' if parent else ''}{close[0]}=...? " if close else ""
+        close = [f"{parent + '.' if parent else ''}{k}=..." for k in nearest(leaf, there)]
         raise ConfigError(
-            f"{item} adds a key that the config does not have, so it would change nothing; {hint}"
+            f"{item} adds a key that the config does not have, so it would change nothing; {hint(close)}"
             f"{parent or 'the top level'} has: {', '.join(there)}"
         )
+
+
+def _number(cfg: DictConfig, key: str, default: Any, ok: Any, expected: str, allowed: tuple = ()) -> None:
+    """``key`` (``default`` where absent) is one of ``allowed`` or a finite number (not a bool) for which
+    ``ok(value)`` holds, else one line saying what was ``expected``."""
+    value = cfg_get(cfg, key)
+    value = default if value is None and default is not None else value
+    if value in allowed and not isinstance(value, float):
+        return
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or not ok(value):
+        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+
+
+def _flag(cfg: DictConfig, key: str, default: Any, allowed: tuple = (True, False)) -> None:
+    value = cfg_get(cfg, key)
+    value = default if value is None else value
+    if not any(value is a or (isinstance(a, str) and value == a) for a in allowed):
+        said = ", ".join(str(a).lower() if isinstance(a, bool) else str(a) for a in allowed)
+        raise ConfigError(f"{key}={value!r} is invalid: allowed values are {said}")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -87,60 +106,43 @@ def validate(cfg: DictConfig) -> None:
             "has none: use model.init=randn or default"
         )
     _choice(cfg, "loss.reduction", ("sum", "mean"))
-    if "bias" in cfg.model and not isinstance(cfg.model.bias, bool):
-        raise ConfigError(f"model.bias={cfg.model.bias!r} is invalid: expected true or false")
+    if "bias" in cfg.model:
+        _flag(cfg, "model.bias", None)
     if "max_repeats" in cfg.model:  # the dynamic net: 0 repeats is the plain net at every step
         _int(cfg, "model.max_repeats", 0)
     if "max_extra_terms" in cfg.model:  # the dynamic formula: at least one term that may come and go
         _int(cfg, "model.max_extra_terms", 1)
     if cfg.model.init == "fixed":
         for name in cfg.model.params:
-            value = cfg.model.start.get(name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"model.start.{name}={value!r} is invalid: expected a number")
-    lr = cfg.optim.lr
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ConfigError(f"optim.lr={lr!r} is invalid: expected a finite number > 0")
-    momentum = cfg.optim.get("momentum", 0.0)
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
-        raise ConfigError(f"optim.momentum={momentum!r} is invalid: expected a number in [0, 1)")
+            _number(cfg, f"model.start.{name}", None, lambda v: True, "a number")
+    _number(cfg, "optim.lr", None, lambda v: v > 0, "a finite number > 0")
+    _number(cfg, "optim.momentum", 0.0, lambda v: 0 <= v < 1, "a number in [0, 1)")
     _choice(cfg, "trainer.accelerator", ACCELERATORS)
     _choice(cfg, "trainer.precision", PRECISIONS)
     if str(cfg.trainer.precision).startswith("64") and cfg.data.dtype != "float64":
         raise ConfigError(f"trainer.precision={cfg.trainer.precision} needs data.dtype=float64 (got {cfg.data.dtype})")
-    devices = cfg.trainer.get("devices", 1)
-    if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
-        raise ConfigError(f"trainer.devices={devices!r} is invalid: expected an integer >= 1 or auto")
-    if "num_nodes" in cfg.trainer:
-        _int(cfg, "trainer.num_nodes", 1)
-    threads = cfg.trainer.get("threads", "auto")
-    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"trainer.threads={threads!r} is invalid: expected auto or an integer >= 1")
-    if (bar := cfg.trainer.get("progress_bar", "auto")) not in ("auto", True, False):
-        raise ConfigError(f"trainer.progress_bar={bar!r} is invalid: allowed values are auto, true, false")
+    whole = lambda v: isinstance(v, int) and v >= 1  # noqa: E731
+    _number(cfg, "trainer.devices", 1, whole, "an integer >= 1 or auto", ("auto",))
+    _number(cfg, "trainer.num_nodes", 1, whole, "an integer >= 1")
+    _number(cfg, "trainer.threads", "auto", whole, "auto or an integer >= 1", ("auto",))
+    _flag(cfg, "trainer.progress_bar", "auto", ("auto", True, False))
     if cfg.logger.name == "mlflow":
         _int(cfg, "logger.flush_every", 1)
         for key, default in (("flush_seconds", 5.0), ("server_timeout", 60.0)):
-            secs = cfg.logger.get(key, default)
-            if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not secs > 0:
-                raise ConfigError(f"logger.{key}={secs!r} is invalid: expected a number of seconds > 0")
-        if (log_model := cfg.logger.get("log_model", True)) not in (True, False):
-            raise ConfigError(f"logger.log_model={log_model!r} is invalid: allowed values are true, false")
+            _number(cfg, f"logger.{key}", default, lambda v: v > 0, "a number of seconds > 0")
+        _flag(cfg, "logger.log_model", True)
         register = cfg.logger.get("register")
         if register is not None and not (isinstance(register, str) and register.strip()):
             raise ConfigError(f"logger.register={register!r} is invalid: expected a registered model's name, or null")
-        if register is not None and not log_model:
+        if register is not None and not cfg.logger.get("log_model", True):
             raise ConfigError("logger.register needs logger.log_model=true (there is no model to register)")
-    if "checkpoint_every" in cfg.trainer:
-        _int(cfg, "trainer.checkpoint_every", 0)
-    if "keep_checkpoints" in cfg.trainer:
-        _int(cfg, "trainer.keep_checkpoints", 1)
+    for key, minimum in (("checkpoint_every", 0), ("keep_checkpoints", 1)):
+        if key in cfg.trainer:
+            _int(cfg, f"trainer.{key}", minimum)
     _check_lightning_trainer(cfg)
-    factor = cfg.trainer.get("divergence_factor")
-    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 1):
-        raise ConfigError(
-            f"trainer.divergence_factor={factor!r} is invalid: expected a number > 1, or null to turn the check off"
-        )
+    if cfg.trainer.get("divergence_factor") is not None:
+        _number(cfg, "trainer.divergence_factor", None, lambda v: v > 1,
+                "a number > 1, or null to turn the check off")
     if cfg.get("ckpt_path"):
         if not registry.spec(cfg.trainer.name).checkpoints:
             raise ConfigError(
@@ -149,7 +151,7 @@ def validate(cfg: DictConfig) -> None:
             )
         if not os.path.isfile(str(cfg.ckpt_path)):
             raise ConfigError(f"ckpt_path={cfg.ckpt_path} is not a file")
-        _check_resume(cfg)
+        check_resume(cfg)
     check_support(cfg)
 
 
@@ -171,7 +173,7 @@ def _check_lightning_trainer(cfg: DictConfig) -> None:
             )
 
 
-def _check_resume(cfg: DictConfig) -> None:
+def check_resume(cfg: DictConfig) -> None:
     """A checkpoint must fit the configured model and optimizer, and leave steps to train: otherwise
     Lightning fails after the run has opened (a traceback and a FAILED run), or records an empty run."""
     import torch
@@ -243,6 +245,21 @@ def able(capability: str, option: str | None = None) -> list[str]:
     return [t.name for t in specs if t.supports(capability, option)]
 
 
+def check_declared(cfg: DictConfig) -> None:
+    """trainer.module and trainer.supports are the trainer's yaml speaking to the registry, not settings: an
+    override of them would change nothing (backproplab.spec drops them from the run's config), so it is refused."""
+    name = cfg.trainer.name
+    if name not in registry.trainers():
+        return  # check_support says so, with the trainers there are
+    given = {k: OmegaConf.to_container(v) if isinstance(v, DictConfig) else v
+             for k in ("module", "supports") if (v := cfg.trainer.get(k)) is not None}
+    if given != {k: v for k, v in registry.spec(name).declared.items() if k in given}:
+        raise ConfigError(
+            f"trainer.module and trainer.supports say what trainer={name} is (conf/trainer/{name}.yaml): they are "
+            "read from that file and cannot be overridden"
+        )
+
+
 def check_support(cfg: DictConfig) -> None:
     """Refuse a trainer x model x optim x accelerator combination the trainer cannot run (its yaml says)."""
     name = cfg.trainer.name
@@ -251,12 +268,6 @@ def check_support(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer={name} needs {', '.join(absent)}, which {'is' if len(absent) == 1 else 'are'} not installed: "
             f"{spec.install or 'install ' + ' '.join(absent)}"
-        )
-    given = {"module": cfg.trainer.get("module"), "supports": OmegaConf.to_container(cfg.trainer.get("supports", {}))}
-    if given != spec.declared:
-        raise ConfigError(
-            f"trainer.module and trainer.supports say what trainer={name} is (conf/trainer/{name}.yaml): they are "
-            "read from that file and cannot be overridden"
         )
     for group in ("model", "optim"):
         chosen = cfg[group].name
@@ -299,8 +310,18 @@ def check_support(cfg: DictConfig) -> None:
             raise ConfigError(no_gpu(name, t.accelerator))
 
 
+def cuda_device_present() -> bool:
+    """Whether this machine has an NVIDIA device at all (its driver's files), asked before any framework is
+    imported: on a machine without one, ``trainer.accelerator=gpu`` is refused as fast as a typo."""
+    import glob
+
+    return os.path.exists("/proc/driver/nvidia/version") or bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
 def gpu_available(trainer: str) -> bool:
     """Asked of the framework that will run it: a trainer module may say (TensorFlow does), else torch."""
+    if not cuda_device_present():
+        return False
     module = registry.load(trainer)  # imported for training anyway
     if hasattr(module, "gpu_available"):
         return bool(module.gpu_available())
@@ -311,6 +332,8 @@ def gpu_available(trainer: str) -> bool:
 
 def no_gpu(trainer: str, accelerator: str) -> str:
     """Why the trainer sees no GPU: none here, or (torch sees one) a CPU-only build of its framework."""
+    if not cuda_device_present():
+        return NO_GPU.format(accelerator)
     spec, module = registry.spec(trainer), registry.load(trainer)
     if spec.gpu_install and hasattr(module, "built_for_gpu") and not module.built_for_gpu():
         import torch

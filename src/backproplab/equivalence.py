@@ -57,6 +57,7 @@ def compose_configs(trainers: list[str], overrides: list[str], config_dir: Path)
 def run_one(name: str, cfg: DictConfig, problem: Problem) -> Outcome:
     """Train one trainer on the shared problem; an exception is reported, not raised."""
     from backproplab.config import validate
+    from backproplab.spec import bind, gradients
     from backproplab.steps import Recorder
 
     spec = registry.spec(name)
@@ -67,10 +68,11 @@ def run_one(name: str, cfg: DictConfig, problem: Problem) -> Outcome:
     rec = Recorder()
     try:
         validate(cfg)
-        result = registry.get_train(name)(problem, cfg, rec.on_step)
+        result = bind(cfg)(problem, rec.on_step)
+        grads0 = gradients(cfg, problem)  # the trainer's own gradient code, outside its loop
     except Exception as e:
         return Outcome(name, losses=rec.losses, error=f"{type(e).__name__}: {e}".splitlines()[0])
-    return Outcome(name, losses=rec.losses, grads0=result.grads0, loop_s=result.loop_s)
+    return Outcome(name, losses=rec.losses, grads0=grads0, loop_s=result.loop_s)
 
 
 def grad_diff(grads: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""The flow of one run: validate -> open the record -> problem -> train -> record. One way in, one out."""
+"""The flow of one run: config -> run spec (backproplab.spec) -> open the record -> problem -> trainer -> record.
+One way in, one out."""
 
 from __future__ import annotations
 
@@ -8,19 +9,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from backproplab import progress, regions, signals, threads
-from backproplab.config import ConfigError, declared, refuse_added_keys, validate
+from backproplab.config import ConfigError
 from backproplab.problem import make_problem
-from backproplab.runtime import hydra_overrides, job_dir, mask_hydra_outputs, mask_logs, sweep_dir
+from backproplab.runtime import discard_job_dir, hydra_overrides, job_dir, mask_hydra_outputs, mask_logs, sweep_dir
 from backproplab.slurm import job as slurm_job
+from backproplab.spec import RunSpec, bind, resolve
 from backproplab.steps import Diverged, Recorder
 from backproplab.tracking import TrackingError, amend_reason, make_tracker, record_refusal, register_run
-from backproplab.trainers import registry
 
 log = logging.getLogger("backproplab")
 EXPECTED = (ConfigError, Diverged, TrackingError)  # one line for the user, no traceback
@@ -59,6 +59,8 @@ def main(cfg: DictConfig) -> float:
             if isinstance(e, ConfigError):  # refused before its run opened: record it, so the sweep counts it
                 record_refusal(cfg, e)
             return float("inf")
+        if isinstance(e, ConfigError):  # refused before anything ran: no output folder is left behind
+            discard_job_dir()
         sys.exit(2 if isinstance(e, ConfigError) else 1)
     finally:
         if restore is not None:
@@ -121,70 +123,47 @@ def requeue(cfg: DictConfig, e: signals.Requeue) -> float:
 
 
 def train(cfg: DictConfig, opened: Callable[[Recorder], None] | None = None) -> float:
-    """Validate, open the record, train, record; returns the final loss. ``opened`` is handed the record once it
-    is open (``backproplab.train`` reads the run from it, whatever happens next)."""
-    if cfg.get("rerun"):
-        from backproplab.tracking.rerun import rerun_config
-
-        cfg = rerun_config(cfg)
-        with open_dict(cfg):  # what the trainer, model and data are declared to be today, not when recorded
-            cfg.trainer.update(registry.spec(cfg.trainer.name).declared)
-            cfg.model.data = declared("model", cfg.model.name).get("data")
-            cfg.data.module = declared("data", cfg.data.name).get("module")
-    refuse_added_keys(cfg, hydra_overrides())
-    validate(cfg)
-    resumed = slurm_job.resumed_run(job_dir())  # Slurm restarted this job: it goes on in the run it started
+    """Resolve the run spec, open the record, train, record; returns the final loss. ``opened`` is handed the
+    record once it is open (``backproplab.train`` reads the run from it, whatever happens next)."""
+    run = resolve(cfg, hydra_overrides())  # validated once; from here on read, never written
+    resumed = run.resumed  # Slurm restarted this job: it goes on in the run it started
     if resumed and resumed.get("finished"):  # restarted after its run had ended FINISHED: nothing to do again
         log.info("this Slurm job's run %s had FINISHED before the restart", resumed["run_id"])
         return float(resumed["final_loss"])
-    if resumed:
-        with open_dict(cfg):
-            cfg.trainer.threads = resumed["threads"]  # the count the run's first steps were computed with
-    # auto -> a count, before the record opens: the params say what ran, and a tag that it was auto
-    auto_keys = resumed["auto_keys"] if resumed else ["trainer.threads"] if threads.is_auto(cfg) else []
-    count = threads.resolve(cfg)
-    with open_dict(cfg):
-        cfg.trainer.checkpoint_dir = checkpoint_dir(cfg)
-        if cfg.data.dtype == "float64" and str(cfg.trainer.precision) in ("32-true", "32"):
-            cfg.trainer.precision = "64-true"  # float64 data trains in float64: the record says so
-        if resumed and cfg.trainer.checkpoint_dir and (Path(cfg.trainer.checkpoint_dir) / "last.ckpt").is_file():
-            cfg.ckpt_path = str(Path(cfg.trainer.checkpoint_dir) / "last.ckpt")  # its latest checkpoint
-    if resumed and cfg.get("ckpt_path"):
-        validate(cfg)  # the checkpoint fits, and leaves steps to train
+    c = run.config
     # opened before the heavy imports: a bad store fails in seconds
-    with make_tracker(cfg, auto_keys, resume=resumed and resumed["run_id"], step=step_of(cfg)) as rec:
-        slurm_job.note_run(job_dir(), rec.run_id, count, auto_keys)
+    with make_tracker(c, list(run.auto_keys), resume=resumed and resumed["run_id"], step=step_of(run)) as rec:
+        slurm_job.note_run(job_dir(), rec.run_id, run.threads, list(run.auto_keys))
         if opened is not None:
             opened(rec)
-        train_fn = registry.get_train(cfg.trainer.name)  # the trainer's own imports (torch, TF, ...) happen here
-        threads.use(count)  # in every framework those imports loaded
-        problem = make_problem(cfg)
+        trainer = bind(run)  # the trainer's own imports (torch, TF, ...) happen here
+        threads.use(run.threads)  # in every framework those imports loaded
+        problem = make_problem(c)
         t0 = time.perf_counter()
-        with progress.bar(cfg, rec.on_step) as bar:  # the progress line, in a terminal: drawn from the step hook
-            result = train_fn(problem, cfg, bar.on_step)
+        with progress.bar(c, rec.on_step) as bar:  # the progress line, in a terminal: drawn from the step hook
+            result = trainer(problem, bar.on_step)
             bar.finish(result.loop_s)
         rec.finish(result, problem)
-        if rec.run_id and sweep_dir() and (agreement := gradient_agreement(cfg, rec)) is not None:  # the lesson's
+        if rec.run_id and sweep_dir() and (agreement := gradient_agreement(c, rec)) is not None:  # the lesson's
             rec.log({"verify/grad_rel_diff": agreement})
         final = rec.losses[-1]
         log.info(  # before the record closes: its last line is the run page's address
-            "%s-%s-%s: %d steps, loss %.4g -> %.4g in %.2fs (loop %.3fs, %d CPU thread%s)%s",
-            cfg.trainer.name, cfg.model.name, cfg.optim.name, len(rec.losses), rec.losses[0], final,
-            time.perf_counter() - t0, result.loop_s, count, "s" if count > 1 else "",
-            f", mlflow run {rec.run_id}" if rec.run_id else "",
+            "%s: %d steps, loss %.4g -> %.4g in %.2fs (loop %.3fs, %d CPU thread%s)%s",
+            rec.name, len(rec.losses), rec.losses[0], final, time.perf_counter() - t0, result.loop_s,
+            run.threads, "s" if run.threads > 1 else "", f", mlflow run {rec.run_id}" if rec.run_id else "",
         )
     slurm_job.note_finished(job_dir(), final)
-    if rec.run_id and cfg.logger.get("register") and sweep_dir() is None:  # a sweep registers its best job's
-        register_run(cfg, rec.run_id)
+    if rec.run_id and c.logger.get("register") and sweep_dir() is None:  # a sweep registers its best job's
+        register_run(c, rec.run_id)
     return final
 
 
-def step_of(cfg: DictConfig) -> dict:
+def step_of(run: RunSpec) -> dict:
     """The code of the run's step (its trainer's ``supports.lesson`` regions, backproplab.regions) and of the
     files it reaches, with the first line of the trainer's docstring: what the record logs under code/."""
-    spec = registry.spec(cfg.trainer.name)
-    chosen = regions.picks(spec.lesson, cfg.model.name)
-    module = regions.module_file(spec.module)
+    c = run.config
+    chosen = regions.picks(run.trainer.lesson, c.model.name)
+    module = regions.module_file(run.trainer.module)
     sources = regions.read([module, *(file for file, _ in chosen)])
     try:
         step = regions.step_code(sources, chosen)
@@ -192,7 +171,7 @@ def step_of(cfg: DictConfig) -> dict:
         log.warning("the lesson page will not show this run's step: %s", e)
         step = []
     about = regions.summary(sources[module])
-    return {"trainer": cfg.trainer.name, "model": cfg.model.name, "optim": cfg.optim.name, "about": about,
+    return {"trainer": c.trainer.name, "model": c.model.name, "optim": c.optim.name, "about": about,
             "files": list(sources), "regions": step}
 
 
@@ -234,14 +213,3 @@ def checks_its_group(cfg: DictConfig, rec: Any) -> bool:
         log.warning("the sweep's seeds are unknown, so this job checks its gradients: %s", e)
         return True
     return not seeds or len(seeds) < 2 or int(cfg.seed) == seeds[0]
-
-
-def checkpoint_dir(cfg: DictConfig) -> str | None:
-    """Checkpoints go to <Hydra output dir>/checkpoints unless trainer.checkpoint_dir says."""
-    if not registry.spec(cfg.trainer.name).checkpoints or not cfg.trainer.get("checkpoint_every"):
-        return cfg.trainer.get("checkpoint_dir")
-    if cfg.trainer.get("checkpoint_dir"):
-        return str(cfg.trainer.checkpoint_dir)
-    if folder := job_dir():
-        return f"{folder}/checkpoints"
-    return None  # compose-API callers (verify, bench): no checkpoints unless asked for

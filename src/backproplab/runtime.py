@@ -3,6 +3,7 @@ the git commit, and the masking of secrets in what gets recorded. Small lookups,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -92,17 +93,6 @@ def conf_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf"
 
 
-def composition_error(error: BaseException) -> str:
-    """Hydra's refusal of a composition (``nosuchkey=1``, a bad override's syntax) as one line: its message
-    and OmegaConf's cause without the indented detail (full_key, object_type)."""
-    text = "\n".join(str(e) for e in (error, error.__cause__) if e is not None)
-    lines = [line.strip().rstrip(".") for line in text.splitlines() if line.strip() and not line.startswith(" ")]
-    if "is not in struct" in text and lines[0].startswith("Could not override '"):
-        key = lines[0].split("'")[1]  # Hydra's hint to append it with + would be refused too: name the key
-        return f"error: {key} is not a key of the config, so it cannot be overridden (check its spelling: --cfg job)"
-    return "error: " + "; ".join(dict.fromkeys(lines))  # in order, each once
-
-
 def mask_logs() -> None:
     """Mask credentials in every log record of this process (Hydra's launchers log each job's overrides, and
     Hydra reconfigures its handlers per job, so a handler's filter would not last): a record factory, once."""
@@ -129,3 +119,39 @@ def mask_hydra_outputs(*dirs: str | Path) -> None:
             text = path.read_text()
             if (masked := mask_secrets(text)) != text:
                 path.write_text(masked)
+
+
+NAMED_BEFORE: set[Path] = set()  # output folders a command named (hydra.run.dir=...) that existed before it ran
+
+
+def note_named_dirs(overrides: list[str]) -> None:
+    """Before Hydra composes: which output folder the command names, if it exists already (never discarded)."""
+    for item in overrides:
+        key, _, value = item.lstrip("+").partition("=")
+        if key == "hydra.run.dir" and value and Path(value).exists():
+            NAMED_BEFORE.add(Path(value).resolve())
+
+
+def discard_job_dir() -> None:
+    """A single run refused before it started leaves nothing on disk: its Hydra folder, which then holds only
+    Hydra's own files (``.hydra/``, the job's log), is removed, and the date folder above it if that is left
+    empty. A folder that holds anything else, or that the command named and that existed before, is kept."""
+    folder = job_dir()
+    if folder is None or sweep_dir() is not None:
+        return
+    path = Path(folder).resolve()
+    if path in NAMED_BEFORE or not path.is_dir():
+        return
+    hydra_files = [*path.glob(".hydra/*.yaml"), *path.glob("*.log")]
+    if any(p for p in path.rglob("*") if p.is_file() and p not in hydra_files):
+        return
+    for p in hydra_files:
+        p.unlink()
+    with contextlib.suppress(OSError):  # rmdir refuses a folder that is not empty: those stay
+        (path / ".hydra").rmdir()
+        path.rmdir()
+        stop = launch_dir().resolve()
+        for parent in path.parents:
+            if parent == stop or stop not in parent.parents:
+                break
+            parent.rmdir()

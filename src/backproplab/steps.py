@@ -1,6 +1,8 @@
 """The step contract between a trainer and whoever watches it: plain Python, no tracking, no framework.
 
-A trainer is ``train(problem, cfg, on_step) -> Result``; it calls ``on_step(step, loss)`` once per step.
+A trainer is ``train(problem, settings, on_step, **objects) -> Result``: plain values in (the problem, its
+:class:`Settings`, the objects the harness built from the config), the tutorial's loop inside, which calls
+``on_step(step, loss)`` once per step, and its weights out.
 A :class:`Recorder` is the simplest ``on_step``: it keeps the curve and stops a run that diverges. Trainers,
 verify and the benchmark use these; the MLflow record (backproplab.tracking) builds on them.
 """
@@ -21,6 +23,27 @@ CKPT_META = "backproplab"  # what a trainer's checkpoint records of its run ({"m
 # read back by validation to refuse a resume with another model or optimizer
 
 
+@dataclass(frozen=True)
+class Settings:
+    """What a trainer reads of its run: plain values, resolved from the config by the harness (backproplab.spec)."""
+
+    model: str  # the model's name: which pass the trainer writes out (two_layer_net, dynamic_net, poly3, ...)
+    max_steps: int
+    lr: float
+    reduction: str = "sum"  # the loss: "sum" of squares (the tutorial's) or "mean"
+    accelerator: str = "cpu"  # cpu | gpu | cuda | auto
+    precision: str = "32-true"  # Lightning's names; the hand-written trainers compute in problem.dtype
+    threads: int = 0  # CPU threads the run settled on (backproplab.threads); 0: the framework's own choice
+    seed: int = 0
+    served_repeats: int = 0  # a dynamic model's depth when served (backproplab.forward.served_repeats)
+    divergence_factor: float | None = None
+    checkpoint_dir: str | None = None  # Lightning: where checkpoints go (None: no checkpoints)
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 1
+    ckpt_path: str | None = None  # Lightning: the checkpoint a run resumes from
+    optim: str = "sgd"  # the optimizer's name, which a checkpoint records
+
+
 @dataclass
 class Result:
     """What a trainer hands back."""
@@ -28,11 +51,7 @@ class Result:
     weights: dict[str, np.ndarray]  # final weights in problem.py's naming and orientation
     loop_s: float  # wall time of the training loop alone
     model: Any = None  # the trained torch.nn.Module, for the torch trainers
-    grads0: dict[str, np.ndarray] = field(default_factory=dict)  # gradients of the first step
     timings: dict[str, float] = field(default_factory=dict)  # more than the loop, logged as time/<key> (compile_s)
-    # the trainer's own forward pass of its final weights on problem.x (a dynamic model: its served depth,
-    # backproplab.forward.served_repeats): what the logged model must predict
-    outputs: np.ndarray | None = None
 
 
 class Diverged(RuntimeError):
@@ -51,11 +70,12 @@ class Recorder:
     experiment's chart is not flattened by a 1e37.
     """
 
-    def __init__(self, divergence_factor: float | None = None) -> None:
+    def __init__(self, divergence_factor: float | None = None, name: str = "") -> None:
         self.steps: list[int] = []  # not always 0..n-1: a resumed run starts at its checkpoint's step
         self.losses: list[float] = []
         self.run_id: str | None = None
         self.divergence_factor = divergence_factor
+        self.name = name  # the run's name, as MLflow shows it: what the log calls it
 
     def __enter__(self) -> Recorder:
         return self

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from backproplab.runtime import sweep_dir
 
@@ -155,8 +155,8 @@ def is_auto(cfg: DictConfig) -> bool:
 
 
 def resolve(cfg: DictConfig) -> int:
-    """Set ``trainer.threads`` (validated: auto or N) to a count, ``auto`` chosen now (in a sweep: from the idle
-    CPUs it settled at its start), and return it."""
+    """The count ``trainer.threads`` (validated: auto or N) stands for, ``auto`` chosen now (in a sweep: from the
+    idle CPUs it settled at its start). The run spec (backproplab.spec) records it."""
     count = cfg.trainer.get("threads", "auto")
     if is_auto(cfg):
         settled = sweep_idle()
@@ -165,9 +165,7 @@ def resolve(cfg: DictConfig) -> int:
         count = choose(flops, usable, idle)
         log.debug("trainer.threads=auto -> %d (%.0f MFLOP per step, %d usable CPUs, %.1f idle%s)",
                   count, flops / 1e6, usable, idle, "" if settled is None else " at the sweep's start")
-    with open_dict(cfg):
-        cfg.trainer.threads = count
-    return count
+    return int(count)
 
 
 def use(count: int) -> None:

@@ -139,7 +139,7 @@ class MlflowTracker(Recorder):
         try:
             send(self._create_run, exp_id, names.run_name(c, overrides, swept), registry.resolve_tags(tags),
                  timeout=self.server_timeout, server=self._server)
-            self.run_id = self.run.info.run_id
+            self.run_id, self.name = self.run.info.run_id, self.run.info.run_name
             params = [Param(k, v) for k, v in flatten(self.cfg).items()]
             send(self.client.log_batch, self.run_id, params=params, synchronous=True, timeout=self.server_timeout,
                  server=self._server)
@@ -163,6 +163,7 @@ class MlflowTracker(Recorder):
         steps computed again are not logged twice), and it is RUNNING again until this job closes it."""
         try:
             self.run = send(self.client.get_run, run_id, timeout=self.server_timeout, server=self._server)
+            self.name = self.run.info.run_name
             self.run_id, self.note = run_id, self.run.data.tags.get("mlflow.note.content", "")
             history = send(self.client.get_metric_history, run_id, "train/loss", timeout=self.server_timeout,
                            server=self._server)
@@ -371,7 +372,7 @@ class MlflowTracker(Recorder):
         self.log_weights(result, problem)
 
     def log_fit(self, result: Any, problem: Any) -> None:
-        """A formula model's fit: the formula (tag ``fit.formula``, ``result.txt``, the description's second line),
+        """A formula model's fit: the formula (tag ``fit.formula``, ``result.txt``, the description's last paragraph),
         ``fit.png`` against the data, and the curves as ``fit.json`` (which the sweep report overlays)."""
         if problem.formula is None:
             return
@@ -435,4 +436,4 @@ def make_tracker(cfg: DictConfig, auto_keys: Sequence[str] = (), resume: str | N
     restarted); ``step``: the code of its step, logged under code/."""
     if cfg.logger.name == "mlflow" and is_rank_zero():
         return MlflowTracker(cfg, auto_keys, resume, step)
-    return Recorder(cfg.trainer.get("divergence_factor"))
+    return Recorder(cfg.trainer.get("divergence_factor"), names.run_name(cfg, hydra_overrides()))

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
 
-def device(cfg: DictConfig) -> torch.device:
-    """CUDA for trainer.accelerator=gpu|cuda, or for auto when a GPU is visible; else the CPU."""
-    accelerator = str(cfg.trainer.accelerator)
+def device(accelerator: str) -> torch.device:
+    """CUDA for an accelerator gpu|cuda, or for auto when a GPU is visible; else the CPU."""
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return torch.device("cuda:0")
     return torch.device("cpu")

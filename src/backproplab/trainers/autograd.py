@@ -2,9 +2,11 @@
 update is done by hand under ``torch.no_grad()``.
 
 The model's forward pass is one of:
-- the two-layer net, with biases, the mean loss and the dynamic net as the config says (the shared middle
-  layer is applied problem.repeats[i] times at step i: autograd sums its gradients over those uses by itself);
+- the two-layer net; with ``model.bias`` it adds a bias to each layer, which is a plain 0 without it;
+- the dynamic net, whose shared middle layer is applied problem.repeats[t] times at step t: autograd sums its
+  gradients over those uses by itself;
 - the sine edition's cubic (poly3) or a + b P3(c + d x) (legendre3).
+``loss=mse_mean`` takes the mean of the squares rather than their sum.
 The function trainer reuses this loop with the tutorial's own Functions (``relu=``, ``p3=``).
 """
 
@@ -16,14 +18,14 @@ from functools import partial
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
-from backproplab.forward import served_repeats
 from backproplab.problem import Problem
-from backproplab.steps import OnStep, Result
+from backproplab.steps import OnStep, Result, Settings
 from backproplab.trainers._torch import device, to_numpy, to_torch
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
+Params = dict[str, torch.Tensor]
+Forward = Callable[[Params, torch.Tensor, int], torch.Tensor]  # (params, x, repeats at this step) -> y_pred
 
 
 # lesson: clamp_relu
@@ -39,72 +41,105 @@ def legendre_p3(z: torch.Tensor) -> torch.Tensor:
 
 
 # lesson: two_layer_net
-def two_layer_net(params: dict[str, torch.Tensor], x: torch.Tensor, repeats: int, relu: Fn) -> torch.Tensor:
-    w1, wm, w2 = params["w1"], params.get("wm"), params["w2"]
-    # without model.bias a bias is a plain 0, which adds nothing
+def two_layer_net(params: Params, x: torch.Tensor, repeats: int = 0, relu: Fn = clamp_relu) -> torch.Tensor:
+    h_relu = relu(x.mm(params["w1"]) + params.get("b1", 0.0))
+    return h_relu.mm(params["w2"]) + params.get("b2", 0.0)
+# lesson: end
+
+
+# lesson: dynamic_net
+def dynamic_net(params: Params, x: torch.Tensor, repeats: int, relu: Fn = clamp_relu) -> torch.Tensor:
     b1, bm, b2 = (params.get(name, 0.0) for name in ("b1", "bm", "b2"))
-    h_relu = relu(x.mm(w1) + b1)
-    for _ in range(repeats):  # the dynamic net reuses its middle layer
-        h_relu = relu(h_relu.mm(wm) + bm)
-    return h_relu.mm(w2) + b2
+    h_relu = relu(x.mm(params["w1"]) + b1)
+    for _ in range(repeats):  # the same middle layer each time: autograd sums its gradients over the uses
+        h_relu = relu(h_relu.mm(params["wm"]) + bm)
+    return h_relu.mm(params["w2"]) + b2
 # lesson: end
 
 
 # lesson: poly3
-def poly3(params: dict[str, torch.Tensor], x: torch.Tensor, repeats: int) -> torch.Tensor:
+def poly3(params: Params, x: torch.Tensor, repeats: int = 0) -> torch.Tensor:
     a, b, c, d = (params[k] for k in "abcd")
     return a + b * x + c * x**2 + d * x**3
 # lesson: end
 
 
 # lesson: legendre3
-def legendre3(params: dict[str, torch.Tensor], x: torch.Tensor, repeats: int, p3: Fn) -> torch.Tensor:
+def legendre3(params: Params, x: torch.Tensor, repeats: int = 0, p3: Fn = legendre_p3) -> torch.Tensor:
     a, b, c, d = (params[k] for k in "abcd")
     return a + b * p3(c + d * x)
 # lesson: end
 
 
-def train(
-    problem: Problem, cfg: DictConfig, on_step: OnStep, relu: Fn = clamp_relu, p3: Fn = legendre_p3
-) -> Result:
-    dev = device(cfg)
+PASSES: dict[str, Callable[..., torch.Tensor]] = {"dynamic": dynamic_net, "poly3": poly3, "legendre3": legendre3}
+
+
+def model_pass(model: str, relu: Fn = clamp_relu, p3: Fn = legendre_p3) -> Forward:
+    """Model ``model``'s forward pass (the two-layer net unless PASSES names it), with ``relu`` in the nets and
+    ``p3`` in legendre3 (the function trainer's own Functions)."""
+    fn = PASSES.get(model, two_layer_net)
+    if fn is poly3:
+        return fn
+    return partial(fn, p3=p3) if fn is legendre3 else partial(fn, relu=relu)
+
+
+def _data(problem: Problem, settings: Settings) -> tuple[torch.Tensor, torch.Tensor, torch.device]:
+    dev = device(settings.accelerator)
     data = to_torch({"x": problem.x, "y": problem.y}, dev)
-    x, y = data["x"], data["y"]
+    return data["x"], data["y"], dev
+
+
+def train(
+    problem: Problem, settings: Settings, on_step: OnStep, relu: Fn = clamp_relu, p3: Fn = legendre_p3
+) -> Result:
+    x, y, dev = _data(problem, settings)
     params = to_torch(problem.weights, dev, requires_grad=True)
-    forward = {"poly3": poly3, "legendre3": partial(legendre3, p3=p3)}.get(
-        cfg.model.name, partial(two_layer_net, relu=relu)
-    )
-    repeats = problem.repeats.tolist() if problem.repeats is not None else [0] * cfg.trainer.max_steps
-    reduce = torch.sum if cfg.loss.reduction == "sum" else torch.mean
-    learning_rate = cfg.optim.lr
-    grads0: dict[str, np.ndarray] = {}
+    model = model_pass(settings.model, relu, p3)
+    repeats = problem.repeats.tolist() if problem.repeats is not None else [0] * settings.max_steps
+    reduce = torch.sum if settings.reduction == "sum" else torch.mean
+    learning_rate = settings.lr
 
     start = time.perf_counter()
     # lesson: step
-    for i in range(cfg.trainer.max_steps):
+    for t in range(settings.max_steps):
         # Forward pass: compute predicted y using operations on Tensors
-        y_pred = forward(params, x, repeats[i])
+        y_pred = model(params, x, repeats[t])
 
         # Compute and report loss
         loss = reduce((y_pred - y).pow(2))
-        on_step(i, loss.item())
+        on_step(t, loss.item())
 
         # Use autograd to compute the backward pass
         loss.backward()
-        # lesson: end
-        if i == 0:  # a middle layer unused at this step has no .grad yet
-            grads0 = {n: (w.grad if w.grad is not None else torch.zeros_like(w)) for n, w in params.items()}
-            grads0 = to_numpy(grads0)
 
-        # lesson: step
         # Update weights by hand; autograd must not track it
         with torch.no_grad():
             for w in params.values():
-                if w.grad is not None:
+                if w.grad is not None:  # a layer no step has used yet has none (the dynamic net)
                     w -= learning_rate * w.grad
                     w.grad.zero_()
-        # lesson: end
-    loop_s = time.perf_counter() - start
-    with torch.no_grad():  # what its logged model must predict
-        outputs = forward(params, x, served_repeats(cfg.model)).cpu().numpy()
-    return Result(weights=to_numpy(params), loop_s=loop_s, grads0=grads0, outputs=outputs)
+    # lesson: end
+    return Result(weights=to_numpy(params), loop_s=time.perf_counter() - start)
+
+
+def gradients(
+    problem: Problem, settings: Settings, relu: Fn = clamp_relu, p3: Fn = legendre_p3
+) -> dict[str, np.ndarray]:
+    """The first step's gradients, by the loop's forward pass and ``loss.backward()`` (for verify); a layer
+    unused at that step has no .grad: 0."""
+    x, y, dev = _data(problem, settings)
+    params = to_torch(problem.weights, dev, requires_grad=True)
+    repeats = int(problem.repeats[0]) if problem.repeats is not None else 0
+    reduce = torch.sum if settings.reduction == "sum" else torch.mean
+    reduce((model_pass(settings.model, relu, p3)(params, x, repeats) - y).pow(2)).backward()
+    return to_numpy({n: (w.grad if w.grad is not None else torch.zeros_like(w)) for n, w in params.items()})
+
+
+def predict(
+    weights: dict[str, np.ndarray], problem: Problem, settings: Settings, relu: Fn = clamp_relu, p3: Fn = legendre_p3
+) -> np.ndarray:
+    """This trainer's forward pass of ``weights`` on problem.x, at a dynamic model's served depth: what the
+    logged model must predict."""
+    x, _, dev = _data(problem, settings)
+    with torch.no_grad():
+        return model_pass(settings.model, relu, p3)(to_torch(weights, dev), x, settings.served_repeats).cpu().numpy()

@@ -13,23 +13,20 @@ import re
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import StrategyRegistry
-from omegaconf import DictConfig, OmegaConf, open_dict
 
 from backproplab import signals
 from backproplab.models import export_weights, load_weights
 from backproplab.problem import Problem
-from backproplab.runtime import conf_dir
-from backproplab.steps import CKPT_META, OnStep, Recorder, Result
+from backproplab.steps import CKPT_META, OnStep, Recorder, Result, Settings
 
 # Lightning's INFO lines that add nothing to a run's log: the start-up banners (GPU/TPU available, tips), "`Trainer.fit`
 # stopped: `max_steps=N` reached." and "Restoring states from the checkpoint ...". Their loggers' levels are Lightning's
@@ -55,14 +52,20 @@ IGNORED = (
 )
 
 
+# Said only when a run resumes from a checkpoint: ModelCheckpoint notes that the checkpoint's folder is not this
+# run's (a resume writes into its own new output folder, so the earlier run's checkpoints are never overwritten)
+# and that it will not reload its best score. Checkpoints here are kept by step, not by a score: nothing is lost.
+RESUMING = re.escape("The dirpath has changed from")
+
+
 @contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Lightning's INFO lines off (``INFO_LOGGERS``) and the ``IGNORED`` warnings ignored, for the code inside;
-    both are put back after."""
+def quiet(resuming: bool = False) -> Iterator[None]:
+    """Lightning's INFO lines off (``INFO_LOGGERS``) and the ``IGNORED`` warnings ignored (and ``RESUMING``'s
+    when ``resuming``), for the code inside; both are put back after."""
     loggers = [logging.getLogger(name) for name in INFO_LOGGERS]
     levels = [logger.level for logger in loggers]
     with warnings.catch_warnings():
-        for message in IGNORED:
+        for message in (*IGNORED, *([RESUMING] if resuming else [])):
             warnings.filterwarnings("ignore", message=message)
         for logger in loggers:
             logger.setLevel(logging.WARNING)
@@ -150,8 +153,7 @@ class Quiet(L.Callback):
 
 
 class StepReporter(L.Callback):
-    """Hands each step's loss to the run's recorder, the same way every other trainer does;
-    keeps the first step's gradients for the equivalence check.
+    """Hands each step's loss to the run's recorder, the same way every other trainer does.
 
     Where Lightning starts the training processes itself (``strategy=ddp_spawn``), they train with a copy of this
     callback, and no recorder: rank 0 keeps the curve and checks it (divergence). Lightning brings only the weights
@@ -162,7 +164,6 @@ class StepReporter(L.Callback):
         self.on_step: OnStep | None = on_step
         self.requeue_to = requeue_to  # where to save the checkpoint that a requeued Slurm job resumes from
         self.history_to: str | None = None  # where a spawned rank 0 saves the curve (train() sets it)
-        self.grads0: dict[str, np.ndarray] = {}
         self.exception: BaseException | None = None
         self.worker = Recorder(divergence_factor)  # a spawned worker's curve and checks, until sent back
         self.pid = os.getpid()  # the process with the recorder
@@ -173,10 +174,6 @@ class StepReporter(L.Callback):
 
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         self.spawned = os.getpid() != self.pid  # a process Lightning started, with a copy of this callback
-
-    def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule, optimizer: Any) -> None:
-        if trainer.global_step == 0:
-            self.grads0 = export_weights(module.net, attr="grad")
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, *_: Any) -> None:
         step, loss = trainer.global_step - 1, outputs["loss"].item()
@@ -247,49 +244,41 @@ def cluster_environment(strategy: Any) -> list[Any]:
     return [LightningEnvironment()] if spawns(strategy) else [SLURMEnvironment(auto_requeue=False)]
 
 
-def trainer_node(t: DictConfig) -> DictConfig:
-    """``trainer.pl``: Lightning's Trainer as the config builds it. A config recorded before that node existed
-    (``+rerun`` of an older run) gets the one conf/trainer/lightning.yaml has now, following the same keys."""
-    if "pl" not in t:
-        with open_dict(t):
-            t.pl = OmegaConf.load(conf_dir() / "trainer" / "lightning.yaml").pl
-    return t.pl
-
-
-def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
-    torch.manual_seed(cfg.seed)
-    dtype = torch.float64 if problem.dtype == np.float64 else torch.float32
-    net = load_weights(instantiate(cfg.model.net).to(dtype), problem.weights)
-    meta = {"model": cfg.model.name, "optim": cfg.optim.name}
-    module = TutorialModule(net, instantiate(cfg.loss.criterion), instantiate(cfg.optim.optimizer), problem, meta)
-    t = cfg.trainer
-    checkpointing = bool(t.get("checkpoint_dir") and t.get("checkpoint_every"))
-    requeue_to = f"{t.checkpoint_dir}/last.ckpt" if checkpointing else None
-    reporter = StepReporter(on_step, t.get("divergence_factor"), requeue_to)
+def train(
+    problem: Problem, settings: Settings, on_step: OnStep, net: torch.nn.Module, criterion: torch.nn.Module,
+    optimizer: Callable[..., torch.optim.Optimizer], trainer: Callable[..., L.Trainer],
+) -> Result:
+    """``net``, ``criterion``, ``optimizer`` (a partial, given the parameters) and ``trainer`` (Lightning's Trainer
+    as trainer.pl builds it, a partial) are the harness's, instantiated from the run's config; this adds the
+    callbacks that hand each step to ``on_step`` and keep the checkpoints."""
+    torch.manual_seed(settings.seed)
+    module = tutorial_module(problem, settings, net, criterion, optimizer)
+    s = settings
+    checkpointing = bool(s.checkpoint_dir and s.checkpoint_every)
+    requeue_to = f"{s.checkpoint_dir}/last.ckpt" if checkpointing else None
+    reporter = StepReporter(on_step, s.divergence_factor, requeue_to)
     callbacks: list[L.Callback] = [reporter]
     if checkpointing:
         callbacks.append(
             ModelCheckpoint(
-                dirpath=t.checkpoint_dir,
+                dirpath=s.checkpoint_dir,
                 # one rolling last.ckpt; keep_checkpoints=N also keeps the N-1 latest steps. "step" is one of
                 # Lightning's own monitor candidates; no "=" in the name (it would need quoting in ckpt_path=...)
                 save_last=True,
                 monitor="step",
                 mode="max",
-                save_top_k=t.get("keep_checkpoints", 1) - 1,
+                save_top_k=s.keep_checkpoints - 1,
                 filename="step_{step:06d}",
                 auto_insert_metric_name=False,
-                every_n_train_steps=t.checkpoint_every,
+                every_n_train_steps=s.checkpoint_every,
                 enable_version_counter=False,  # a rolling file: never last-v1.ckpt beside last.ckpt
             )
         )
-    pl = trainer_node(t)
-    strategy = pl.get("strategy", "auto")
+    strategy = getattr(trainer, "keywords", {}).get("strategy", "auto")
     if spawns(strategy):  # processes that start without this one's warning filters and log levels
         callbacks.append(Quiet())
-    with quiet():  # Lightning's lines that say nothing here, while it runs (in processes it spawns: Quiet)
-        trainer: L.Trainer = instantiate(
-            pl,  # the Trainer's arguments from the config (conf/trainer/lightning.yaml), and the harness's own:
+    with quiet(resuming=bool(s.ckpt_path)):  # Lightning's lines that say nothing here (in processes it spawns: Quiet)
+        fit: L.Trainer = trainer(
             callbacks=callbacks,
             plugins=cluster_environment(strategy),
             logger=False,  # the run's record is written by backproplab.tracking, like every other trainer's
@@ -297,11 +286,10 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
             # the run's progress line is every trainer's one, drawn by the harness from on_step (the reporter calls it)
             enable_progress_bar=False,
             profiler=NoProfiler(),
-            _convert_="all",  # plain lists for Lightning, not OmegaConf's
         )
         # DDP, or any processes Lightning starts itself (ddp_spawn even on one device): no requeue on Slurm's
         # time-limit warning, which those processes ignore (signals.warning_ignored)
-        several = trainer.world_size > 1 or spawns(strategy)
+        several = fit.world_size > 1 or spawns(strategy)
         if several:
             reporter.requeue_to = None
         with contextlib.ExitStack() as stack:
@@ -310,7 +298,7 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
                 reporter.history_to = os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "history.npy")
             start = time.perf_counter()
             try:
-                trainer.fit(module, train_dataloaders=Steps(trainer.max_steps), ckpt_path=cfg.get("ckpt_path"))
+                fit.fit(module, train_dataloaders=Steps(fit.max_steps), ckpt_path=s.ckpt_path)
             except SystemExit:
                 # Lightning turns Ctrl-C into sys.exit(1) after its graceful shutdown; hand the interrupt on so
                 # that the run is recorded as KILLED, not FAILED.
@@ -321,10 +309,31 @@ def train(problem: Problem, cfg: DictConfig, on_step: OnStep) -> Result:
             reporter.replay(on_step)
         if checkpointing:  # collective under DDP: every rank calls it, rank 0 writes
             # weights_only said, as ModelCheckpoint says it: else Lightning logs a line about its default
-            trainer.save_checkpoint(f"{t.checkpoint_dir}/last.ckpt", weights_only=False)
-    net = net.cpu().eval()  # as it is logged: a dynamic model served at its deepest path (backproplab.forward)
-    with torch.no_grad():  # what its logged model must predict
-        dtype = next(net.parameters()).dtype
-        outputs = net(torch.from_numpy(problem.x).to(dtype))
-        outputs = (outputs.float() if dtype == torch.bfloat16 else outputs).numpy()  # numpy has no bfloat16
-    return Result(weights=export_weights(net), loop_s=loop_s, model=net, grads0=reporter.grads0, outputs=outputs)
+            fit.save_checkpoint(f"{s.checkpoint_dir}/last.ckpt", weights_only=False)
+    net = module.net.cpu().eval()  # as it is logged: a dynamic model served at its deepest path (backproplab.forward)
+    return Result(weights=export_weights(net), loop_s=loop_s, model=net)
+
+
+def tutorial_module(problem: Problem, settings: Settings, net: torch.nn.Module, criterion: torch.nn.Module,
+                    optimizer: Any) -> TutorialModule:
+    """The module for ``problem``: ``net`` in the problem's dtype, starting from its weights."""
+    dtype = torch.float64 if problem.dtype == np.float64 else torch.float32
+    net = load_weights(net.to(dtype), problem.weights)
+    return TutorialModule(net, criterion, optimizer, problem, {"model": settings.model, "optim": settings.optim})
+
+
+def gradients(problem: Problem, settings: Settings, net: torch.nn.Module, criterion: torch.nn.Module,
+              optimizer: Any, **_: Any) -> dict[str, np.ndarray]:
+    """The first step's gradients: the module's own forward and loss at step 0, and backward (for verify)."""
+    module = tutorial_module(problem, settings, net, criterion, optimizer)
+    module.criterion(module(module.x, 0), module.y).backward()
+    return export_weights(module.net, attr="grad")
+
+
+def predict(weights: dict[str, np.ndarray], problem: Problem, settings: Settings, net: torch.nn.Module,
+            **_: Any) -> np.ndarray:
+    """The net's forward pass of ``weights`` on problem.x, in eval mode (a dynamic model at its deepest path)."""
+    dtype = torch.float64 if problem.dtype == np.float64 else torch.float32
+    net = load_weights(net.to(dtype), weights).eval()
+    with torch.no_grad():
+        return net(torch.from_numpy(problem.x).to(dtype)).numpy()

@@ -7,7 +7,6 @@ what it supports. Validation, run, verify, the benchmark and the tests ask this 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -42,6 +41,7 @@ class TrainerSpec:
     gpu_install: str  # how to get the framework's GPU build, said when a CPU-only build is asked for a GPU
     why: str  # said when a model it lacks is asked for
     lesson: dict[str, tuple[str, ...]]  # its step's code by model, as "<file>:<region>" (backproplab.regions)
+    instantiates: dict[str, str]  # keyword -> config key: the objects the harness builds for it (backproplab.spec)
     declared: dict  # module and supports as the yaml has them: a run's config must not override them
 
     def supports(self, group: str, option: str) -> bool:
@@ -79,6 +79,7 @@ def _spec(path: Path) -> TrainerSpec:
         gpu_install=str(s.get("gpu_install", "")),
         why=str(s.get("why", "")),
         lesson={str(model): tuple(entries) for model, entries in s.get("lesson", {}).items()},
+        instantiates={str(k): str(v) for k, v in s.get("instantiates", {}).items()},
         declared={"module": raw["module"], "supports": s},
     )
 
@@ -113,5 +114,3 @@ def load(name: str) -> ModuleType:
     return importlib.import_module(spec(name).module)
 
 
-def get_train(name: str) -> Callable[..., Any]:
-    return load(name).train
