@@ -66,7 +66,8 @@ bench: $(STAMP)
 	$(PY) scripts/bench.py $(ARGS)
 
 # MLflow's UI on the store scripts/train.py writes from here (./mlflow.db, artifacts in ./mlruns); it first
-# prints the address of the experiment's runs table.
+# prints the address of the experiment's runs table. Ctrl-C (or SIGTERM to scripts/ui.py) stops it and every
+# process MLflow started for it.
 ui: $(STAMP)
 	$(PY) scripts/ui.py $(ARGS)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -30,6 +31,10 @@ def test_four_parallel_joblib_jobs_lose_nothing(ws: Workspace, attempt: int) -> 
     for run in children:
         assert_complete(ws, run, 500)
     assert "4 finished" in proc.stdout
+    from backproplab.tracking.sweep import usable_cpus
+
+    # more jobs at a time than CPUs (issue 36): one line says so, once for the sweep, which goes on
+    assert proc.stderr.count("hydra.launcher.n_jobs=4 runs 4 jobs at a time") == (usable_cpus() < 4)
 
 
 def test_a_failing_job_does_not_kill_the_sweep(ws: Workspace) -> None:
@@ -65,6 +70,11 @@ def test_optuna_search_beats_the_default(ws: Workspace) -> None:
     assert min(finished) < default.data.metrics["final_loss"]
     results = next(ws.path.glob("multirun/*/*/optimization_results.yaml")).read_text()
     assert "best_params" in results and "optim.lr" in results
+    # names that read (issue 36): a trial's lr shows a few digits (lr=1.15e-05), its param the full value
+    assert len({t.info.run_name for t in trials}) == len(trials)
+    for t in trials:
+        shown = re.search(r" lr=(\S+)", t.info.run_name).group(1)
+        assert len(shown) <= 10 and float(shown) == pytest.approx(float(t.data.params["optim.lr"]), rel=1e-2)
 
 
 def test_ddp_on_two_cpu_processes_logs_one_run(ws: Workspace) -> None:

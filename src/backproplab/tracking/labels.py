@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from backproplab.tracking.names import distinct
 from backproplab.tracking.store import AUTO_TAG
 
 # label order: the config groups a user sweeps most, then every other differing key alphabetically
@@ -66,12 +67,17 @@ def differing_labels(params: Sequence[dict[str, str]]) -> list[str]:
 
     shown.sort(key=order)
     leaves = [k.rpartition(".")[2] for k in shown]
+    # a float reads as in run names: three significant digits, more where two runs' values would read the same
+    short = {}
+    for k in shown:
+        values = [p.get(k, "unset") for p in params]
+        short[k] = dict(zip(values, distinct(values), strict=True))
 
     def part(p: dict[str, str], k: str) -> str:
         value = p.get(k, "unset")
         if k == PRESET or k.endswith(".name"):
             return value
         leaf = k.rpartition(".")[2]
-        return f"{leaf if leaves.count(leaf) == 1 else k}={value}"
+        return f"{leaf if leaves.count(leaf) == 1 else k}={short[k][value]}"
 
     return [" ".join(part(p, k) for k in shown) for p in params]

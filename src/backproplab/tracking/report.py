@@ -23,6 +23,7 @@ from backproplab.stats import Contrast
 from backproplab.tracking import groups
 from backproplab.tracking.figures import LOSS_KEY, sweep_figure
 from backproplab.tracking.labels import as_asked, differing_labels
+from backproplab.tracking.names import distinct
 from backproplab.tracking.store import PARENT_TAG, default_store
 
 ARTIFACT_PATH = "report"
@@ -200,6 +201,10 @@ def _markdown(rows: list[dict[str, Any]], title: str, summary: str, png_name: st
     extra = [c for c in ("fit", "failure_reason") if any(r[c] for r in rows)]  # the sine edition's formulas
     cols = list(COLUMNS) + extra
     numeric = {"final_loss": ".4g", "steps_per_s": ".1f"}
+    # the lr cell reads as the run's name does (1.15e-05, more digits where two rows would read the same); the
+    # CSV keeps the value in full
+    lrs = [r["lr"] for r in rows]
+    short_lr = dict(zip(lrs, distinct(lrs), strict=True))
     lines = [f"# {title}", "", summary, "", f"![loss curves]({png_name})", ""]
     if groups_md:  # repeats over seeds: the groups and their contrasts, then every run
         lines += [groups_md, "## Runs", ""]
@@ -211,6 +216,8 @@ def _markdown(rows: list[dict[str, Any]], title: str, summary: str, png_name: st
             v = r[c]
             if c == "failure_reason" and v and len(v) > 120:
                 v = v[:117] + "..."
+            if c == "lr":
+                v = short_lr[v]
             cells.append(_cell(v, numeric.get(c, "")))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import atexit
 import math
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,21 +41,10 @@ def swept_keys(config: DictConfig) -> list[str]:
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
-def sweep_size(job: DictConfig) -> tuple[set[str], int | None]:
-    """From a sweep job's config: the keys its sweep varies, and how many jobs it has where that can be known.
-    Hydra's basic sweeper runs every combination of its sweeper params and the command line's sweeps (read back
-    from the multirun.yaml it saves before any job starts), so the count is the product of their lengths; a
-    sweeper with a trial budget (Optuna's ``n_trials``) runs that many; an interval or a glob leaves it unknown."""
+def _count(sweeper: DictConfig, typed: list[str]) -> tuple[set[str], int | None]:
+    """The keys a sweep varies and its number of jobs, from its sweeper's config and its overrides as typed."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
 
-    sweeper = job.hydra.sweeper
-    typed: list[str] = []
-    saved = Path(str(job.hydra.sweep.dir)) / "multirun.yaml"
-    try:  # a sweeper that saves none (Optuna's), or a node that cannot see it: the sweeper's params alone
-        typed = [str(o) for o in OmegaConf.load(saved).hydra.overrides.task]
-    except Exception:
-        pass
     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
     counts: dict[str, int | None] = {}
     for o in OverridesParser.create().parse_overrides(params + typed):  # as typed: Hydra has parsed them already
@@ -68,6 +59,98 @@ def sweep_size(job: DictConfig) -> tuple[set[str], int | None]:
         return {*counts}, sweeper.get("n_trials")
     sizes = [n for n in counts.values() if n is not None]
     return {*counts}, math.prod(sizes) if counts and len(sizes) == len(counts) else None
+
+
+def sweep_size(job: DictConfig) -> tuple[set[str], int | None]:
+    """From a sweep job's config: the keys its sweep varies, and how many jobs it has where that can be known.
+    Hydra's basic sweeper runs every combination of its sweeper params and the command line's sweeps (read back
+    from the multirun.yaml it saves before any job starts), so the count is the product of their lengths; a
+    sweeper with a trial budget (Optuna's ``n_trials``) runs that many; an interval or a glob leaves it unknown."""
+    from omegaconf import OmegaConf
+
+    typed: list[str] = []
+    saved = Path(str(job.hydra.sweep.dir)) / "multirun.yaml"
+    try:  # a sweeper that saves none (Optuna's), or a node that cannot see it: the sweeper's params alone
+        typed = [str(o) for o in OmegaConf.load(saved).hydra.overrides.task]
+    except Exception:
+        pass
+    return _count(job.hydra.sweeper, typed)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity, or a Slurm allocation's SLURM_CPUS_PER_TASK."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if (slurm := os.environ.get("SLURM_CPUS_PER_TASK", "")).isdigit():
+        cpus = min(cpus, int(slurm))
+    return max(1, cpus)
+
+
+def crowding(config: DictConfig) -> str | None:
+    """One line when a joblib sweep asks for more jobs at a time than there are CPUs (``hydra.launcher.n_jobs=4``
+    on 2 CPUs), else None. The jobs then share the CPUs: each runs slower, the sweep as a whole no faster, and the
+    first result comes late (on 2 CPUs, 8 jobs at n_jobs=4 took 54.6 s, 27 s of them before the first result; 6
+    jobs one after another took 17.8 s). joblib's default, ``n_jobs=-1``, runs one job per CPU, and
+    trainer.threads=auto shares the CPUs between the jobs. Said, not refused: the sweep goes on."""
+    launcher = config.hydra.get("launcher") or {}
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return None
+    try:
+        asked = int(launcher.get("n_jobs") or 1)
+    except (TypeError, ValueError):
+        return None
+    cpus = usable_cpus()
+    if asked <= cpus:  # n_jobs=-1 (all CPUs), -2 (all but one), ...: never more than the CPUs
+        return None
+    at_once = asked
+    try:
+        sweeper = config.hydra.sweeper
+        total = _count(sweeper, [str(o) for o in config.hydra.overrides.task])[1]
+        batch = sweeper.get("n_jobs") if sweeper.get("_target_") != BASIC_SWEEPER else None  # Optuna's batch
+        at_once = min(n for n in (asked, total, batch) if isinstance(n, int) and n > 0)
+    except Exception:  # the count is a refinement: without it, the launcher's figure
+        pass
+    if at_once <= cpus:  # fewer jobs than n_jobs: no more processes than CPUs
+        return None
+    return (f"[backproplab] warning: hydra.launcher.n_jobs={asked} runs {at_once} jobs at a time on {cpus} CPU"
+            f"{'s' if cpus > 1 else ''}: they share them, so each job and the sweep run slower; "
+            f"hydra.launcher.n_jobs=-1 (joblib's default) runs one per CPU")
+
+
+def rename_children(client: Any, children: list[Any], swept: list[str]) -> dict[str, str]:
+    """Give the sweep's runs their names made together (names.sweep_run_names): each job named itself alone, and
+    two floats that round alike (lr=1.15e-05 for 1.1498e-05 and 1.1502e-05) get the digits that tell them apart.
+    A run whose name its config does not start (named some other way) keeps it. Returns {run id: new name}."""
+    from backproplab.tracking import names
+    from backproplab.tracking.store import retry_locked
+
+    made, runs = [], []
+    for run in children:
+        tags = run.data.tags
+        if not all(k in tags for k in ("trainer", "model", "optim", "overrides")):
+            continue
+        base, in_base = names.base_name(tags.get("preset"), tags["trainer"], tags["model"], tags["optim"])
+        if run.info.run_name != base and not run.info.run_name.startswith(base + " "):
+            continue
+        made.append((base, in_base, dict(names.split_override(o) for o in overrides_of(tags["overrides"]))))
+        runs.append(run)
+    renamed = {}
+    for run, name in zip(runs, names.sweep_run_names(made, swept), strict=True):
+        if name != run.info.run_name:
+            retry_locked(client.update_run, run.info.run_id, name=name)
+            renamed[run.info.run_id] = name
+    return renamed
+
+
+def overrides_of(tag: str) -> list[str]:
+    """A run's ``overrides`` tag (its overrides joined by spaces) back into overrides: a word that does not start
+    ``key=`` belongs to the value before it (``data.formula=sin(x) + 1``)."""
+    out: list[str] = []
+    for word in tag.split(" "):
+        if out and not re.match(r"^[+~]*[\w.@/-]+=", word):
+            out[-1] += " " + word
+        elif word:
+            out.append(word)
+    return out
 
 
 def compose_first_job(config: DictConfig) -> None:
@@ -88,7 +171,7 @@ def compose_first_job(config: DictConfig) -> None:
             return
     from hydra.errors import CompactHydraException
 
-    from backproplab.runtime import composition_error
+    from backproplab.suggest import composition_error
 
     try:
         GlobalHydra.instance().config_loader().load_sweep_config(config, first)
@@ -121,6 +204,8 @@ class MlflowSweepCallback(Callback):
 
         mask_logs()  # the launcher logs every job's overrides, a tracking URI's credentials included
         compose_first_job(config)
+        if line := crowding(config):  # once per sweep, before any job starts
+            print(line, file=sys.stderr, flush=True)
         settle_sweep(config.hydra.sweep.dir)  # trainer.threads=auto: one idle-CPU figure for all the sweep's jobs
         if config.logger.name != "mlflow":
             return
@@ -242,10 +327,16 @@ class MlflowSweepCallback(Callback):
         client, _ = self._client(config)
         counts: dict[str, int] = {}
         children = self._children(client)
+        try:  # names that read apart, before the summary, the report and its legend name the runs
+            renamed = rename_children(client, [run for run, _, _ in children], swept_keys(config))
+        except Exception as e:  # a name is cosmetic: the sweep's outcome stands
+            renamed = {}
+            print(f"[backproplab] the runs keep their names: {e}", flush=True)
         for run, status, reason in children:
             counts[status] = counts.get(status, 0) + 1
             if status != "FINISHED":  # job logs may be in files (submitit, joblib): say why here
-                print(f"[backproplab] {status} {run.info.run_name} ({run.info.run_id[:8]}): {reason}", flush=True)
+                name = renamed.get(run.info.run_id, run.info.run_name)
+                print(f"[backproplab] {status} {name} ({run.info.run_id[:8]}): {reason}", flush=True)
         for marker in sorted(Path(config.hydra.sweep.dir).glob("*/FAILED")):  # a job that died before its run
             counts["FAILED"] = counts.get("FAILED", 0) + 1
             print(f"[backproplab] FAILED job {marker.parent.name}: {marker.read_text().strip()}", flush=True)
