@@ -9,11 +9,15 @@
   lines in a ``<!-- docs-check: group=option ... -->`` comment);
 - the Python API page's examples run, and one short real job runs for each trainer the pages use, in one process;
 - every other command is named in ``ELSEWHERE``, with the test that runs it or why none can;
-- docs/configuration.md is what conf/ gives, and no picture in docs/images is stale.
+- docs/configuration.md is what conf/ gives, and no picture in docs/images is stale;
+- every output a page quotes is what a real run prints (``QUOTES``, below): a ```text block's lines, and the
+  inline quotes listed there. A ```text block's ``$ python scripts/train.py ...`` lines are run, and the lines
+  under each are what it must print; ``verify``'s figures are held to the bounds equivalence.md states.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import subprocess
@@ -22,10 +26,10 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from conftest import REPO, clean_env
+from conftest import REPO, TRAIN, clean_env
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-TRAIN = ("python scripts/train.py", "backproplab-train")
+TRAIN_PROGS = ("python scripts/train.py", "backproplab-train")
 GROUP = re.compile(r"^(?:hydra/)?[a-z_]+=")
 KEY = re.compile(r"(?<![\w./-])((?:model|optim|loss|trainer|data|logger)\.[a-z_][\w.]*"
                  r"|hydra\.(?:launcher|sweeper)\.[a-z_][\w.]*)")
@@ -112,7 +116,7 @@ def argv(command: str) -> list[str]:
 
 
 def train_args(command: str) -> list[str] | None:
-    for prog in TRAIN:
+    for prog in TRAIN_PROGS:
         if command.startswith(prog):
             return argv(command)[len(prog.split()):]
     return None
@@ -283,7 +287,8 @@ def test_the_python_examples_and_a_short_job_of_every_trainer_run(tmp_path: Path
     assert {"numpy", "lightning", "tensorflow", "jax", "tf2"} <= set(trainers)
     script = "\n".join([
         *blocks,
-        "import backproplab",
+        "import backproplab, mlflow",
+        "print('description:', mlflow.MlflowClient().get_run(result.run_id).data.tags['mlflow.note.content'])",
         f"for name in {trainers!r}:",
         "    r = backproplab.train(f'trainer={name}', 'trainer.max_steps=3')",
         "    assert r.status == 'FINISHED' and len(r.losses) == 3, (name, r)",
@@ -293,7 +298,13 @@ def test_the_python_examples_and_a_short_job_of_every_trainer_run(tmp_path: Path
                           timeout=600, env=clean_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("ran ") == len(trainers)
-    assert "FAILED loss diverged" in proc.stdout  # the page's failed example, as it says
+    # what the page says its prints print, and the description it names for its first run
+    page = (REPO / "docs" / "python-api.md").read_text()
+    said = [m.group(1) for line in blocks if (m := re.search(r"^\s*print\(.*\)\s+#\s*(.+)$", line))]
+    said += re.findall(r"e\.g\. `(backproplab-train [^`]+)`", page)
+    assert len(said) == 3, said
+    for quote in said:
+        assert printed(quote, {}, proc.stdout), f"python-api.md quotes {quote!r}; printed:\n{proc.stdout[-3000:]}"
 
 
 @pytest.mark.parametrize("script", ["config_docs.py", "docs_images.py"])
@@ -301,3 +312,223 @@ def test_generated_docs_are_up_to_date(script: str) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--check"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+# -- Quoted output ------------------------------------------------------------------------------------------------
+# Every output a page quotes is what a real run prints. A quote is matched against the run's output (ANSI codes
+# stripped, each redrawn frame a line) by its shape: <...>, "..." and "…" stand for any text; a progress bar, a
+# clock time and whitespace match any of their kind; every other character is itself, and every number must be
+# the printed one within the digits the page shows. LOOSE lets a figure that moves with the thread count or the
+# clock be a bound instead (lo, hi), and a word that may print otherwise be a regex.
+RUNS = {  # the runs whose output the pages quote, each once, in a fresh launch dir with its own store
+    "register": ["-m", "optim=sgd,adam", "optim.lr=1e-4,1e-3", "logger.register=tutorial-net"],
+    "diverging sweep": ["-m", "experiment=sine_numpy", "optim.lr=1e-6,1e-3", "trainer.progress_bar=true"],
+    "all refused": ["-m", "trainer=numpy", "optim=adam,rmsprop", "logger.register=tutorial-net"],
+}
+# (page, the quote as the page has it, the run that prints it, LOOSE)
+QUOTES = [
+    ("models.md", "[backproplab] registered lightning-sequential-sgd lr=0.001 (final loss 1.169e-12) as tutorial-net "
+     "version 1, alias champion: models:/tutorial-net@champion", "register",
+     {"sgd": "sgd|adam", "1.169e-12": (0, 1e-10)}),  # two jobs end at float32's rounding floor
+    ("models.md", "[backproplab] logger.register=tutorial-net: no run FINISHED, so no model was registered",
+     "all refused", {}),
+    ("running.md", "[backproplab] job 3/4: optim=adam optim.lr=0.0001", "register", {}),
+    ("running.md", "train ━━━━━━━━━━━━━━━━━━━━━━━━╺━━━━━━ 1551/2000 loss 30.77 3,083 steps/s 0:00:00",
+     "diverging sweep", {"1551": (1, 2000), "30.77": (12, 6e5), "3,083": (1, math.inf)}),  # a moment's
+    ("lesson.md", "[backproplab] lesson: http://127.0.0.1:5000/#/experiments/1/runs/<parent run id>/artifacts/"
+     "lesson.html?workflowType=machine_learning (after: make ui, or mlflow ui here); the file: <sweep dir>/report/"
+     "lesson.html", "diverging sweep", {}),
+    ("results.md", "FINISHED run <run name>: http://127.0.0.1:5000/#/experiments/1/runs/<run id>?workflowType="
+     "machine_learning (after: make ui, or mlflow ui here)", "diverging sweep", {}),
+    ("tutorial.md", "Result: y = 0.04307 + 0.8111 x - 0.00743 x^2 - 0.08683 x^3", "diverging sweep", {}),
+    ("faults.md", "[backproplab] FAILED sine_numpy lr=0.001 (<run id>): loss diverged at step 2: train/loss=1.097e+16 "
+     "> trainer.divergence_factor=1e+06 x the first step's loss 5.606e+05", "diverging sweep", {}),
+    ("faults.md", "[backproplab] sweep done: 1 failed, 1 finished (parent run <run id>)", "diverging sweep", {}),
+    ("sweeps.md", "[backproplab] sweep done: 1 failed, 1 finished (parent run <run id>)", "diverging sweep", {}),
+]
+# quoted output that no run here prints, and the test that checks it or why none can
+QUOTED_ELSEWHERE = {
+    ("architecture.md", "config (Hydra composes"): "a diagram, not output",
+    ("architecture.md", "conf/ "): "the layout of the repository, not output",
+    ("slurm.md", "error: Slurm refused the jobs"): "a Slurm cluster: tests/test_slurm.py::"
+                                                   "test_a_request_the_cluster_cannot_meet_is_refused_in_one_line",
+}
+SHAPE = re.compile(r"(?P<hole><[^<>\s][^<>]*>|\.\.\.|…)|(?P<bar>[━╸╺]+)|(?P<clock>\d+:\d\d:\d\d)"
+                   r"|(?P<num>(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?(?![\w]))|(?P<space>\s+)")
+
+
+def clean(output: str) -> list[str]:
+    """Output as lines: ANSI codes dropped, each redrawn frame (\\r, erase-line) a line of its own."""
+    output = re.sub(r"\x1b\[\d*K", "\n", output)
+    output = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output)
+    return output.replace("\r", "\n").splitlines()
+
+
+def number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def within_digits(page: str, printed: float) -> bool:
+    """``printed`` rounds to the number ``page`` shows: within half a unit of its last digit."""
+    mantissa, _, exponent = page.replace(",", "").lower().partition("e")
+    decimals = len(mantissa.partition(".")[2])
+    unit = 10.0 ** (int(exponent or 0) - decimals)
+    return abs(printed - number(page)) <= unit / 2 * (1 + 1e-9)
+
+
+def printed(quote: str, loose: dict, output: str) -> bool:
+    """Whether a line of ``output`` has ``quote``'s shape, its numbers within the digits or bounds it shows."""
+    keys = "|".join(re.escape(k) for k in sorted(loose, key=len, reverse=True))
+    tokens = re.compile(rf"(?P<loose>{keys})|{SHAPE.pattern}" if keys else SHAPE.pattern)
+    pattern, checks, at = "", [], 0
+    for m in tokens.finditer(quote):
+        pattern += re.escape(quote[at:m.start()])
+        at, kind, text = m.end(), m.lastgroup, m.group()
+        if kind == "loose" and isinstance(loose[text], str):
+            pattern += f"(?:{loose[text]})"
+        elif kind in ("loose", "num"):
+            pattern += r"([-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?)"
+            lo, hi = loose.get(text, (None, None))
+            checks.append((lambda p, lo=lo, hi=hi: lo <= number(p) <= hi) if lo is not None
+                          else (lambda p, text=text: within_digits(text, number(p))))
+        else:
+            pattern += {"hole": ".+?" if text.startswith("<") else ".*?", "bar": "[━╸╺]+",
+                        "clock": r"\d+:\d\d:\d\d", "space": r"\s+"}[kind]
+    pattern += re.escape(quote[at:])
+    for line in clean(output):
+        for m in re.finditer(pattern, line):
+            if all(check(group) for check, group in zip(checks, m.groups(), strict=True)):
+                return True
+    return False
+
+
+def in_page(page: str, quote: str) -> bool:
+    text = " ".join((REPO / "docs" / page).read_text().split()) if page != "README.md" else ""
+    return " ".join(quote.split()) in text
+
+
+def output_blocks(text: str) -> list[tuple[int, list[str]]]:
+    """(line number, lines) of every ```text block, and every block without a language."""
+    found, inside = [], None
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            if inside is None:
+                inside = line.strip()[3:].strip()
+                if inside in ("", "text"):
+                    found.append((n, []))
+            else:
+                inside = None
+        elif inside in ("", "text"):
+            found[-1][1].append(line)
+    return found
+
+
+def transcripts() -> list[tuple[str, str, list[str]]]:
+    """(page, command, the lines under it) of every ``$ python scripts/train.py`` line of a ```text block."""
+    found = []
+    for page in PAGES:
+        for _, lines in output_blocks(page.read_text()):
+            for line in lines:
+                if line.startswith("$ "):
+                    found.append((page.name, line[2:], []))
+                elif found and found[-1][0] == page.name and line.strip() and lines[0].startswith("$ "):
+                    found[-1][2].append(line)
+    return found
+
+
+def train_output(args: list[str], cwd: Path) -> tuple[int, str]:
+    proc = subprocess.run([sys.executable, str(TRAIN), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={**clean_env(), "PYTHONUNBUFFERED": "1"})
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_every_quoted_output_is_checked() -> None:
+    """Each ```text (or bare) block's lines are a quote of QUOTES, a transcript's, or QUOTED_ELSEWHERE's; each quote
+    is in its page as written."""
+    quoted = {(page, " ".join(q.split())) for page, q, _, _ in QUOTES}
+    quoted |= {(page, " ".join(line.split())) for page, command, lines in transcripts() for line in lines}
+    loose = []
+    for page in PAGES:
+        for n, lines in output_blocks(page.read_text()):
+            if any(page.name == p and lines[0].strip().startswith(s) for p, s in QUOTED_ELSEWHERE):
+                continue  # the whole block
+            loose += [f"{page.name}:{n}: {line[:100]}" for line in lines if line.strip()
+                      and not line.startswith("$ ") and (page.name, " ".join(line.split())) not in quoted]
+    assert loose == [], "output quoted in a page that no test checks: add it to QUOTES"
+    missing = [f"{page}: {q[:80]}" for page, q, _, _ in QUOTES if not in_page(page, q)]
+    assert missing == [], "QUOTES names text its page no longer has"
+    for (page, start), where in QUOTED_ELSEWHERE.items():
+        assert start in (REPO / "docs" / page).read_text(), (page, start)
+        for path, name in re.findall(r"(tests/\w+\.py)::(\w+)", where):
+            assert f"def {name}(" in (REPO / path).read_text(), where
+    assert set(RUNS) == {source for _, _, source, _ in QUOTES}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", sorted(RUNS))
+def test_quoted_output_is_what_the_run_prints(source: str, tmp_path: Path) -> None:
+    _, output = train_output(RUNS[source], tmp_path)
+    wrong = [f"{page}: {quote}" for page, quote, src, loose in QUOTES
+             if src == source and not printed(quote, loose, output)]
+    assert wrong == [], f"not printed by {' '.join(RUNS[source])}:\n{output[-6000:]}"
+
+
+@pytest.mark.slow
+def test_transcripts_print_what_they_show(tmp_path: Path) -> None:
+    """The ``$ python scripts/train.py ...`` lines of the pages' ```text blocks, run: each prints the lines shown."""
+    found = transcripts()
+    assert len(found) >= 3
+    for page, command, lines in found:
+        code, output = train_output(train_args(command), tmp_path)
+        wrong = [line for line in lines if not printed(line, {}, output)]
+        assert wrong == [], f"{page}: {command}: does not print {wrong}:\n{output[-3000:]}"
+        if lines[0].startswith("error:"):  # bad input: one line, exit 2, no run (faults.md)
+            assert code == 2 and len(clean(output)) == 1, output[-3000:]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def verify_tables(output: str) -> list[dict[str, dict[str, str]]]:
+    """verify's tables: for each, {column: {trainer: cell}}."""
+    tables, header = [], None
+    for line in output.splitlines():
+        if line.startswith("┃"):
+            header = [c.strip() for c in line.strip("┃").split("┃")]
+            tables.append({c: {} for c in header})
+        elif line.startswith("│") and header and (cells := [c.strip() for c in line.strip("│").split("│")])[0]:
+            for column, cell in zip(header, cells, strict=True):
+                tables[-1][column][cells[0]] = cell
+    return tables
+
+
+def largest(table: dict[str, dict[str, str]], columns: list[str]) -> float:
+    values = [float(v) for c in columns for v in table[c].values() if re.fullmatch(r"\d[\d.e+-]*", v)]
+    assert values, columns
+    return max(values)
+
+
+@pytest.mark.slow
+def test_verify_stays_within_the_bounds_equivalence_md_states(tmp_path: Path) -> None:
+    """The page's commands, run: every gradient and curve difference below the bounds it gives, the dynamic net's
+    too with tensorflow's row skipped, and the optimizers' (thread-dependent figures: bounds, not digits)."""
+    page = " ".join((REPO / "docs" / "equivalence.md").read_text().split())
+    grad, curve = map(float, re.search(r"Measured here, below (\S+) for gradients and (\S+) for curves", page).groups())
+    plain, adam, adagrad = map(float, re.search(
+        r"measured below (\S+) for sgd, sgd_momentum and rmsprop, (\S+) for adam and (\S+) for adagrad", page).groups())
+    assert "python scripts/verify.py --model dynamic --steps 200" in page
+    outputs = []
+    for args in ([], ["--model", "dynamic", "--steps", "200", "--optimizers", "off"]):  # the optimizers: above
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / "verify.py"), *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600, env=clean_env())
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        outputs.append(proc.stdout)
+    tables = verify_tables(outputs[0])
+    assert len(tables) == 3, outputs[0][-3000:]  # with and without biases, then the optimizers
+    dynamic = verify_tables(outputs[1])
+    assert len(dynamic) == 2, outputs[1][-3000:]  # with and without biases
+    assert all(table["verdict"]["tensorflow"].startswith("skipped") for table in dynamic), outputs[1][-3000:]
+    for table in [*tables[:2], *dynamic]:
+        assert largest(table, [c for c in table if c.startswith("grad ")]) < grad, table
+        assert largest(table, [c for c in table if c.startswith("loss curve")]) < curve, table
+    optimizers = tables[2]
+    assert largest(optimizers, ["sgd", "sgd_momentum", "rmsprop"]) < plain, optimizers
+    assert largest(optimizers, ["adam"]) < adam and largest(optimizers, ["adagrad"]) < adagrad, optimizers
