@@ -222,3 +222,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+# The suite leaves no store in the repository: a test that records with the repository as its working folder
+# (an in-process run whose artifacts go to ./mlruns, a default ./mlflow.db) writes into the developer's own
+# store. Checked once, where the session began: under pytest-xdist by the controller, after every worker ended.
+STRAYS = ("mlruns", "mlflow.db")
+_strays_before = pytest.StashKey[set]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # not an xdist worker
+        config.stash[_strays_before] = {name for name in STRAYS if (REPO / name).exists()}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(_strays_before, None)
+    if before is None:
+        return
+    left = [name for name in STRAYS if (REPO / name).exists() and name not in before]
+    if left:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        line = (f"the suite left {', '.join(str(REPO / n) for n in left)} in the repository: a test recorded with "
+                "the repository as its working folder (give it a tmp store, or monkeypatch.chdir(tmp_path))")
+        if reporter is not None:
+            reporter.write("\n" + line + "\n", red=True, bold=True)
+        else:
+            print(line, file=sys.stderr)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -17,6 +18,7 @@ from urllib.parse import quote
 from omegaconf import DictConfig
 
 from backproplab.runtime import launch_dir, mask_secrets
+from backproplab.tracking.fresh import creation_lock, made_whole
 
 log = logging.getLogger("backproplab")
 EXPERIMENT_TAGS = {
@@ -53,16 +55,40 @@ def default_store() -> tuple[str, str | None]:
 
 
 def store_location(logger_cfg: DictConfig) -> tuple[str, str | None]:
-    """(tracking URI, artifact root for new experiments).
+    """(tracking URI, artifact root for new experiments, or None where MLflow or its server decides).
 
     ``logger.tracking_uri`` wins, then MLflow's own ``MLFLOW_TRACKING_URI``; the default is MLflow's default,
     ``sqlite:///<launch dir>/mlflow.db``, so that ``mlflow ui``, ``mlflow runs list`` and ``runs:/`` URIs find
-    the runs from the launch directory with no flags. Artifacts go to ``<launch dir>/mlruns/``. Both absolute.
+    the runs from the launch directory with no flags. A sqlite store keeps its artifacts beside it
+    (``artifact_folder``): the default's in ``<launch dir>/mlruns/``. Both absolute.
     """
-    if uri := chosen_uri(logger_cfg):
-        return uri, None
-    here = launch_dir().resolve()
-    return f"sqlite:///{here / 'mlflow.db'}", (here / "mlruns").as_uri()
+    uri = chosen_uri(logger_cfg) or f"sqlite:///{launch_dir().resolve() / 'mlflow.db'}"
+    db = sqlite_file(uri)
+    return uri, (artifact_folder(db).as_uri() if db else None)
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a sqlite URI, absolute (a relative one is relative to this process's directory, as
+    MLflow opens it), or None: not sqlite, or in memory."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        path = make_url(uri).database  # the file sqlite opens: a query (?timeout=...) is not part of it
+    except Exception:
+        path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    return Path(path).absolute()
+
+
+def artifact_folder(db: Path) -> Path:
+    """Where a sqlite store's new experiments keep their artifacts: beside the database, named after it, so that
+    two databases in one folder never share one. MLflow's default name, mlflow.db, keeps MLflow's default
+    folder, ``mlruns`` (what ``mlflow ui`` and ``make ui`` serve); any other, ``<name>-artifacts``
+    (``key.db`` -> ``key.db-artifacts``, the way sqlite names its own ``key.db-journal``)."""
+    return db.parent / ("mlruns" if db.name == "mlflow.db" else f"{db.name}-artifacts")
 
 
 def _note_older_store(uri: str) -> None:
@@ -79,8 +105,6 @@ def open_store(logger_cfg: DictConfig) -> tuple[Any, str]:
     """(MlflowClient, experiment id), or one clear TrackingError: an unwritable directory, a file that is
     not a sqlite database, a locked database or an unreachable server must stop a run before it trains,
     not after an hour of training with nowhere to write."""
-    from mlflow.tracking import MlflowClient
-
     uri = str(logger_cfg.get("tracking_uri") or "")
     try:
         uri, artifact_location = store_location(logger_cfg)
@@ -88,12 +112,18 @@ def open_store(logger_cfg: DictConfig) -> tuple[Any, str]:
             _note_older_store(uri)
         if uri.startswith(("http://", "https://")):
             probe(uri)
-        with _creation_lock(uri):
-            client = MlflowClient(uri)
+        elif artifact_location is None:
+            _note_database_artifacts(uri)
+            probe_database(uri)
+        with creation_lock(sqlite_file(uri)):
+            if db := sqlite_file(uri):
+                made_whole(db)
             name = logger_cfg.experiment_name
             # one artifact folder per experiment: mlruns/<experiment>/<run id>/artifacts, .../models/...
             where = f"{artifact_location}/{quote(name, safe='')}" if artifact_location else None
-            exp_id = get_or_create_experiment(client, name, where)
+            client, exp_id = _opened(uri, name, where)
+        if where:
+            _note_kept_location(client, uri, name, exp_id, where)
     except Exception as e:  # MLflow raises many types here; all mean the same thing to the user
         reason = refusal(str(e)) or (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
         raise TrackingError(
@@ -101,6 +131,82 @@ def open_store(logger_cfg: DictConfig) -> tuple[Any, str]:
             " (fix the path/server, or run with logger=none)"
         ) from None
     return client, exp_id
+
+
+# What MLflow raises when it creates or migrates a store's schema while another client (mlflow ui, a notebook,
+# another sweep) does the same: each sees no tables, and the later of two CREATE TABLEs, ALTER TABLEs or DROP
+# INDEXes fails, or a client finds the schema half made. Once the other client has finished, the store opens.
+SCHEMA_RACE = re.compile(
+    r"\b(table|relation|index|column)\b.* already exists|duplicate column|no such (table|index|column)|"
+    r"online migration|out-of-date database schema|database is locked|alembic|unique constraint failed: experiments",
+    re.IGNORECASE,
+)
+
+
+def _opened(uri: str, name: str, where: str | None, wait: float = 60.0) -> tuple[Any, str]:
+    """(client, experiment id); a store that another client is creating at this moment is waited for (up to
+    ``wait`` seconds), then opened: MLflow's schema creation takes no lock of its own."""
+    from mlflow.tracking import MlflowClient
+
+    deadline, delay = time.monotonic() + wait, 0.2
+    while True:
+        try:
+            client = MlflowClient(uri)
+            return client, get_or_create_experiment(client, name, where)
+        except Exception as e:
+            if not SCHEMA_RACE.search(str(e)) or time.monotonic() + delay > deadline:
+                raise
+            log.debug("the MLflow store is being created by another client (%s): retried in %.1f s",
+                      str(e).strip().splitlines()[0][:200], delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 3.0)
+
+
+_said: set[tuple[str, ...]] = set()  # each note once a process: a run and a sweep open their store several times
+
+
+def _once(*key: str) -> bool:
+    if key in _said:
+        return False
+    _said.add(key)
+    return True
+
+
+def _as_path(location: str) -> str:
+    """A file:// artifact location as the path a person types; any other as it is."""
+    from urllib.parse import urlsplit
+    from urllib.request import url2pathname
+
+    parts = urlsplit(location)
+    return url2pathname(parts.path) if parts.scheme == "file" else mask_secrets(location)
+
+
+def _note_database_artifacts(uri: str) -> None:
+    """A database server's store (postgresql://, mysql://, ...) keeps no files: say where the artifacts go."""
+    if _once("database", uri):
+        log.warning(
+            "logger.tracking_uri=%s keeps no files: MLflow puts the artifacts of a new experiment in %s/<experiment"
+            " id>/ (on this machine), an existing experiment's where it was made to; to share them, record"
+            " through a tracking server (logger.tracking_uri=http://...)",
+            mask_secrets(uri), Path.cwd().resolve() / "mlruns",
+        )
+
+
+def _note_kept_location(client: Any, uri: str, name: str, exp_id: str, where: str) -> None:
+    """An experiment made elsewhere (before artifacts went beside the store, or by another tool) keeps its
+    artifact location: say where that is, once."""
+    if not _once("kept", uri, exp_id):
+        return
+    try:
+        location = retry_locked(client.get_experiment, exp_id).artifact_location or ""
+    except Exception:  # a note must not stop a run
+        return
+    if location.rstrip("/") != where.rstrip("/"):
+        log.warning(
+            "experiment %r of %s keeps its artifacts where it was made to: %s (a new experiment of this store "
+            "puts them in %s)", name, mask_secrets(uri), _as_path(location), _as_path(where.rsplit("/", 1)[0]),
+        )
+
 
 LOGIN = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
 
@@ -116,37 +222,33 @@ def refusal(message: str) -> str | None:
 
 def probe(uri: str, timeout: float = 5.0) -> None:
     """Fail in seconds, not after MLflow's minutes of HTTP retries, when nothing listens."""
-    import socket
     from urllib.parse import urlsplit
 
     parts = urlsplit(uri)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    with socket.create_connection((parts.hostname, port), timeout=timeout):
+    _reach(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), timeout)
+
+
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def probe_database(uri: str, timeout: float = 5.0) -> None:
+    """A database server's store: fail in seconds, not after MLflow's minutes of connection retries, when nothing
+    listens at its host and port (a local socket, no host, is left to MLflow)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(uri)
+    except Exception:
+        return  # MLflow says what is wrong with it
+    if url.host and url.get_backend_name() in DATABASE_PORTS:
+        _reach(url.host, url.port or DATABASE_PORTS[url.get_backend_name()], timeout)
+
+
+def _reach(host: str | None, port: int, timeout: float) -> None:
+    import socket
+
+    with socket.create_connection((host, port), timeout=timeout):
         pass
-
-@contextlib.contextmanager
-def _creation_lock(uri: str) -> Iterator[None]:
-    """Serialize the first opening of a sqlite store across processes: MLflow creates the schema on first
-    use, and several processes doing that at once crash on migration races."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
-
-    db = Path(uri.removeprefix("sqlite:///"))
-    if db.exists() and db.stat().st_size > 0 and not _is_sqlite(db):
-        raise TrackingError(f"{db} exists but is not a sqlite database")
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.parent / ".mlflow.db.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-def _is_sqlite(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(16) == b"SQLite format 3\x00"
 
 def get_or_create_experiment(client: Any, name: str, artifact_location: str | None) -> str:
     exp = client.get_experiment_by_name(name)

@@ -211,9 +211,8 @@ class MlflowSweepCallback(Callback):
             return
         from backproplab.runtime import mask_secrets
         from backproplab.tracking import names
-        from backproplab.tracking.store import SWEEP_TAG, SWEPT_TAG
+        from backproplab.tracking.store import SWEEP_TAG, SWEPT_TAG, TrackingError, retry_locked
 
-        client, exp_id = self._client(config)
         sweep = str(Path(config.hydra.sweep.dir).resolve())
         overrides = [mask_secrets(o) for o in config.hydra.overrides.task]
         tags = {
@@ -222,7 +221,16 @@ class MlflowSweepCallback(Callback):
             "overrides": " ".join(overrides),
             "mlflow.note.content": names.command(overrides, multirun=True),
         }
-        run = client.create_run(exp_id, run_name=names.sweep_name(overrides, f"sweep {Path(sweep).name}"), tags=tags)
+        try:
+            client, exp_id = self._client(config)
+            run = retry_locked(client.create_run, exp_id,
+                               run_name=names.sweep_name(overrides, f"sweep {Path(sweep).name}"), tags=tags)
+        except Exception as e:  # Hydra turns a callback's exception into a warning, and the jobs would train
+            # unparented: stop the sweep here, before any job, with one line (SystemExit is not an Exception)
+            reason = str(e) if isinstance(e, TrackingError) else f"cannot open the sweep's parent run: {e}"
+            print(f"error: {reason.strip().splitlines()[0] if reason.strip() else type(e).__name__}; no job ran",
+                  file=sys.stderr, flush=True)
+            sys.exit(2)
         self.parent_id, self.exp_id = run.info.run_id, exp_id
         self.ended = False
         # A job that exits the process (continue_on_failure=false, Ctrl-C) skips on_multirun_end:
