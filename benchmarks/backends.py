@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from benchmarks.common import TARGETS, Settings, compose_cfg, load, median, ratio
+from benchmarks.common import TARGETS, Settings, compose_cfg, load, median, ratio, trainer_of
 
 # the trainer -> the trainer it is held against (issue 12)
 BACKENDS: dict[str, str] = {"tf2": "tensorflow", "jax": "tensor"}
@@ -17,26 +17,26 @@ BACKENDS: dict[str, str] = {"tf2": "tensorflow", "jax": "tensor"}
 
 def _run(name: str, problem: Any, cfg: Any) -> dict[str, float]:
     from backproplab.steps import Recorder
-    from backproplab.trainers.registry import get_train
 
     rec = Recorder()
-    result = get_train(name)(problem, cfg, rec.on_step)
+    result = trainer_of(cfg)(problem, rec.on_step)
     return {"loop_s": result.loop_s, "compile_s": result.timings.get("compile_s", 0.0)}
 
 
 def bench_backends(s: Settings) -> dict[str, Any]:
     from backproplab.problem import make_problem
-    from backproplab.trainers.registry import get_train, missing
+    from backproplab.trainers.registry import missing
 
     out: dict[str, Any] = {}
     for name, against in BACKENDS.items():
         if missing(name):
             out[name] = {"skipped": f"{', '.join(missing(name))} not installed"}
             continue
-        get_train(against), get_train(name)  # imports first (TensorFlow's environment is set on import)
         # the tutorial's tensor example: bias-free net, randn start, float32, SGD lr 1e-6
         cfgs = {t: compose_cfg("experiment=tensor", f"trainer={t}", "logger=none", f"trainer.max_steps={s.steps}")
-                for t in (name, against)}
+                for t in (against, name)}
+        for cfg in cfgs.values():
+            trainer_of(cfg)  # imports first (TensorFlow's environment is set on import)
         problem = make_problem(cfgs[name])
         samples: dict[str, list[dict[str, float]]] = {name: [], against: []}
         load0 = load()

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -50,8 +50,10 @@ NINE: dict[str, str] = {
 }
 TORCH_TRAINERS = ("tensor", "autograd", "function", "lightning")
 TARGETS = {
-    "hand_trainer": 1.2,  # hand-written trainer loop / tutorial loop
+    "hand_trainer": 1.2,  # hand-written trainer loop / its reference loop (benchmarks/reference/)
     "lightning": 1.3,  # Lightning loop / the reference optim loop
+    "hand_script": 1.1,  # hand-written trainer loop / the tutorial's own script's loop, first step to last (issue 35)
+    "lightning_script": 1.3,  # Lightning loop / the tutorial's optim script's loop, first step to last (issue 35)
     "mlflow_loop": 1.10,  # loop with logger=mlflow / loop with logger=none
     "mlflow_fixed_later_s": 0.5,  # MLflow's fixed cost of each later run of a sweep, seconds
     "numpy_process": 2.0,  # `train.py trainer=numpy logger=none` / `python benchmarks/reference/numpy_loop.py`
@@ -62,7 +64,8 @@ TARGETS = {
     "auto_vs_best": 1.1,  # the default run's loop on trainer.threads=auto / on the best fixed count (quiet)
     "tf2_vs_tensorflow": 1.2,  # tf2's loop / the TF1 graph trainer's loop
     "jax_vs_tensor": 1.0,  # jax's loop (compiled before it) / the tensor trainer's loop
-    "peer_process": 0.5,  # tracked `experiment=optim` process / the lightning-hydra-template peer (benchmarks/peer)
+    "peer_process": 0.4,  # tracked `experiment=optim` process / the lightning-hydra-template peer (benchmarks/peer)
+    "peer_peak": 1.0,  # that process's peak resident memory / the peer's
     "peer_loop": 0.2,  # its loop / the peer's fit
     "model_later_s": 0.3,  # logging a run's weights and model (log_weights), each later run of a process, seconds
     "model_process_s": 0.3,  # tracked `train.py trainer=numpy` minus the same with logger.log_model=false, seconds
@@ -123,6 +126,20 @@ QUICK = Settings(
 
 # -- small helpers ---------------------------------------------------------------------------------------------
 
+def trainer_of(cfg: Any, threads: int | None = None) -> Callable[[Any, Callable[[int, float], None]], Any]:
+    """The config's trainer as the run flow calls it (backproplab.spec.bind): ``(problem, on_step) -> Result``.
+    ``threads``: the count the trainer computes with (written into the config, as a run's spec does; None: the
+    frameworks' own choice). Binding imports the trainer's framework and builds the objects its yaml asks for."""
+    from omegaconf import open_dict
+
+    from backproplab.spec import bind
+
+    if threads is not None:
+        with open_dict(cfg):
+            cfg.trainer.threads = int(threads)
+    return bind(cfg)
+
+
 def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
@@ -172,13 +189,24 @@ def timed_output(cmd: Sequence[str], cwd: Path | str, timeout: float = 900) -> t
 
 
 def measure_process(cmd: Sequence[str], cwd: Path | str, timeout: float = 900) -> tuple[float, float]:
-    """(wall time in s, peak resident memory in MiB) of one process, stdout to /dev/null. The peak is the
-    process's own VmHWM, read while it runs (rusage would count this big parent's memory: the child is forked
-    from it)."""
+    """(wall time in s, peak resident memory in MiB) of one process, stdout to /dev/null."""
+    wall, peak, _ = _watched(cmd, cwd, timeout, keep_output=False)
+    return wall, peak
+
+
+def measured_output(cmd: Sequence[str], cwd: Path | str, timeout: float = 900) -> tuple[float, float, str]:
+    """(wall time in s, peak resident memory in MiB, stdout and stderr) of one process that must succeed."""
+    return _watched(cmd, cwd, timeout, keep_output=True)
+
+
+def _watched(cmd: Sequence[str], cwd: Path | str, timeout: float, keep_output: bool) -> tuple[float, float, str]:
+    """Run one process, watching its peak resident memory: its own VmHWM, read while it runs (rusage would count
+    this big parent's memory: the child is forked from it)."""
     start = time.perf_counter()
     peak_kib = 0
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+    with tempfile.TemporaryFile("w+") as err, tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, stdout=out if keep_output else subprocess.DEVNULL,
+                                stderr=err, text=True, env=child_env())
         status = Path(f"/proc/{proc.pid}/status")
         while proc.poll() is None:
             with contextlib.suppress(OSError, ValueError):
@@ -189,10 +217,11 @@ def measure_process(cmd: Sequence[str], cwd: Path | str, timeout: float = 900) -
                 raise BenchError(f"{' '.join(map(str, cmd))} ran past {timeout:.0f} s")
             time.sleep(0.01)
         wall = time.perf_counter() - start
+        err.seek(0)
+        out.seek(0)
         if proc.returncode != 0:
-            err.seek(0)
             raise BenchError(f"{' '.join(map(str, cmd))} exited {proc.returncode}: {err.read()[-2000:]}")
-    return wall, peak_kib / 1024
+        return wall, peak_kib / 1024, out.read() + err.read() if keep_output else ""
 
 
 def run_child(kind: str, *args: str, cwd: Path | str, timeout: float = 900) -> dict[str, Any]:

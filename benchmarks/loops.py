@@ -7,36 +7,52 @@ import functools
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from benchmarks.common import PAIRS, TARGETS, Settings, compose_cfg, load, median, quiet, ratio, reference
+from benchmarks import tutorial as scripts
+from benchmarks.common import (
+    PAIRS,
+    TARGETS,
+    Settings,
+    compose_cfg,
+    load,
+    median,
+    quiet,
+    ratio,
+    reference,
+    trainer_of,
+)
 
 
 def run_trainer(name: str, problem: Any, cfg: Any, silence: bool = False) -> dict[str, Any]:
-    """One call of the trainer as run.train makes it with logger=none (a Recorder's on_step)."""
+    """One call of the trainer as run.train makes it with logger=none (a Recorder's on_step), bound to the config
+    first (backproplab.spec.bind: the objects its yaml asks for are built then, outside the timed call)."""
     from backproplab.steps import Recorder
-    from backproplab.trainers.registry import get_train
 
-    train = get_train(name)
+    train = trainer_of(cfg)
     rec = Recorder()
     start = time.perf_counter()
     with quiet() if silence else contextlib.nullcontext():
-        result = train(problem, cfg, rec.on_step)
+        result = train(problem, rec.on_step)
     return {"loop_s": result.loop_s, "call_s": time.perf_counter() - start, "final_loss": rec.losses[-1]}
 
 
-def bench_trainers(s: Settings, names: Sequence[str]) -> dict[str, Any]:
-    """Result.loop_s of each trainer against the loop of its tutorial script, alternating, same data/weights/steps.
+def bench_trainers(s: Settings, names: Sequence[str], tutorial_dir: Path | None = None,
+                   tmp: Path | None = None) -> dict[str, Any]:
+    """Result.loop_s of each trainer against its reference loop (benchmarks/reference/), alternating, same
+    data/weights/steps; then, where the tutorial's scripts are at hand, its loop against the tutorial script's
+    own, first step to last (benchmarks/tutorial.py).
 
     Lightning is also run with its progress bar on (output to /dev/null) to show what the bar costs.
     """
     from backproplab.problem import make_problem
-    from backproplab.trainers.registry import get_train
 
     out: dict[str, Any] = {}
     for name in names:
         tutorial, experiment = PAIRS[name]
-        get_train(name)  # imports first: trainers/tensorflow.py sets TF's environment before TF is imported
+        trainer_of(compose_cfg(f"experiment={experiment}", "logger=none"))  # imports first: trainers/tensorflow.py
+        # sets TF's environment before TF is imported
         cfg = compose_cfg(f"experiment={experiment}", "logger=none", f"trainer.max_steps={s.steps}",
                           "trainer.progress_bar=false")
         problem = make_problem(cfg)
@@ -74,8 +90,16 @@ def bench_trainers(s: Settings, names: Sequence[str]) -> dict[str, Any]:
             row["progress_bar_ratio"] = ratio(row["loop_s"]["trainer_progress_bar"], row["loop_s"]["tutorial"])
         row["target"] = TARGETS["lightning"] if name == "lightning" else TARGETS["hand_trainer"]
         out[name] = row
-        print(f"[bench] {name:10s} loop {row['loop_s']['trainer']:.3f}s vs tutorial {row['loop_s']['tutorial']:.3f}s"
+        print(f"[bench] {name:10s} loop {row['loop_s']['trainer']:.3f}s vs reference {row['loop_s']['tutorial']:.3f}s"
               f" -> {row['ratio']:.2f}x", file=sys.stderr, flush=True)
+        if tutorial_dir is not None and name in scripts.SCRIPTS:
+            if name in scripts.IN_CHILD:
+                script = scripts.compare_in_child(name, s.steps, s.warmup, s.repeats, tutorial_dir, tmp or Path.cwd())
+            else:
+                script = scripts.compare(name, s.steps, s.warmup, s.repeats, tutorial_dir)
+            script["target"] = TARGETS["lightning_script"] if name == "lightning" else TARGETS["hand_script"]
+            row["script"] = script
+            scripts.report_line(name, script)
     return out
 
 

@@ -26,6 +26,7 @@ from benchmarks.report import flat_ratios, log_to_mlflow, markdown, results_page
 from benchmarks.scaling import bench_compile, bench_scaling
 from benchmarks.server_load import bench_server_load
 from benchmarks.threads import bench_threads
+from benchmarks.tutorial import ENV, _child_script, missing_line, tutorial_dir
 
 # measured after the other in-process sections: TensorFlow's thread pools must not touch torch's figures
 LAST = ("tensorflow",)
@@ -63,6 +64,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int,
                    help="set OMP/OpenBLAS/MKL threads (numpy, torch; also in the processes it starts): on a "
                         "loaded machine multi-threaded BLAS on the tutorial's tiny matrices stalls on every call")
+    p.add_argument("--tutorial-dir", type=Path,
+                   help="the tutorial's own scripts (numpy_manual.py, ...), to hold each trainer's loop against "
+                        f"its script's (default: ${ENV}, else ../shared/seed beside the repository; "
+                        "without them those targets are skipped)")
     p.add_argument("--mlflow", action="store_true", help="log the benchmark as a run of experiment `benchmarks`")
     p.add_argument("--tracking-uri", help="the store for --mlflow (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     args = p.parse_args(argv)
@@ -130,11 +135,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from backproplab.trainers import registry
 
     paired = [t for t in PAIRS if t in registry.trainers()]  # in the tutorial's order
+    scripts = tutorial_dir(args.tutorial_dir) if "trainers" in sections else None
+    meta["tutorial_dir"] = str(scripts) if scripts else None
+    if "trainers" in sections and scripts is None:
+        results["tutorial_scripts"] = {"skipped": missing_line(args.tutorial_dir)}
+        print(f"[bench] skipped: {results['tutorial_scripts']['skipped']}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="backproplab-bench-") as tmp_name:
         tmp = Path(tmp_name)
         # in-process first; TensorFlow last of them, so that its thread pools cannot touch torch's figures
         if "trainers" in sections:
-            section("trainers", lambda: bench_trainers(s, [t for t in paired if t not in LAST]))
+            section("trainers", lambda: bench_trainers(s, [t for t in paired if t not in LAST], scripts, tmp))
         if "mlflow" in sections:
             section("mlflow_loop", lambda: bench_mlflow_loop(s, s.mlflow_trainers, tmp))
         if "scaling" in sections:
@@ -150,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "compile" in sections:
             section("compile", lambda: bench_compile(s))
         if "trainers" in sections:
-            section("trainers_tf", lambda: bench_trainers(s, [t for t in paired if t in LAST]))
+            section("trainers_tf", lambda: bench_trainers(s, [t for t in paired if t in LAST], scripts, tmp))
             results.setdefault("trainers", {}).update(results.pop("trainers_tf", {}))
         if "backends" in sections:  # TensorFlow and JAX: after torch's figures, like the TF1 trainer
             section("backends", lambda: bench_backends(s))
@@ -200,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def child_main(argv: Sequence[str]) -> int:
     """`python -m benchmarks _child <kind> ...`: a measurement that needs a fresh process."""
     kind, *rest = argv
-    answer = _child_fixed(*rest) if kind == "fixed" else _child_imports(*rest)
+    children = {"fixed": _child_fixed, "imports": _child_imports, "script": _child_script}
+    answer = children[kind](*rest)
     print(CHILD_MARK + json.dumps(answer), flush=True)
     return 0

@@ -13,7 +13,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import PAIRS, TARGETS, Settings, alternate, chdir, compose_cfg, median, ratio, run_child
+from benchmarks.common import (
+    PAIRS,
+    TARGETS,
+    Settings,
+    alternate,
+    chdir,
+    compose_cfg,
+    median,
+    ratio,
+    run_child,
+    trainer_of,
+)
 from benchmarks.loops import run_trainer
 
 
@@ -22,13 +33,12 @@ def timed_mlflow_run(cfg: Any, problem: Any) -> dict[str, float]:
     params), the training call (its Result.loop_s includes the per-step logging), finish (final metrics,
     config, curve, weights or model) and __exit__ (flush, end_run)."""
     from backproplab.tracking.run import MlflowTracker
-    from backproplab.trainers.registry import get_train
 
-    train = get_train(cfg.trainer.name)  # the trainer's own imports are not MLflow's cost
+    train = trainer_of(cfg)  # the trainer's own imports, and the objects it is handed, are not MLflow's cost
     t0 = time.perf_counter()
     with MlflowTracker(cfg) as rec:
         t1 = time.perf_counter()
-        result = train(problem, cfg, rec.on_step)
+        result = train(problem, rec.on_step)
         t2 = time.perf_counter()
         rec.finish(result, problem)
         t3 = time.perf_counter()
@@ -45,7 +55,7 @@ def bench_mlflow_loop(s: Settings, names: Sequence[str], tmp: Path) -> dict[str,
 
     out: dict[str, Any] = {}
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    # a store given by URI keeps its artifacts under ./mlruns of the cwd: keep them in tmp
+    # artifacts go beside a sqlite store (tracking/store.py); the tmp folder holds the rest of what a run writes
     with chdir(tmp):
         for name in names:
             experiment = PAIRS[name][1]
@@ -135,7 +145,7 @@ def _child_fixed(tmp: str, steps: str, *experiments: str) -> dict[str, Any]:
     cfgs = {e: compose_cfg(f"experiment={e}", f"trainer.max_steps={steps}", "logger=mlflow",
                            f"logger.tracking_uri={uri}", "logger.experiment_name=bench")
             for e in dict.fromkeys(experiments)}
-    os.chdir(tmp)  # artifacts of a store given by URI go to ./mlruns
+    os.chdir(tmp)  # whatever a run writes in its working folder stays in tmp
     start = time.perf_counter()
     import mlflow  # noqa: F401
 

@@ -21,6 +21,7 @@ from benchmarks.common import (
     alternate,
     compose_cfg,
     measure_process,
+    measured_output,
     median,
     ratio,
     run_child,
@@ -147,8 +148,9 @@ def bench_sweep(s: Settings, tmp: Path) -> dict[str, Any]:
 def bench_peer(s: Settings, tmp: Path) -> dict[str, Any]:
     """A tracked `experiment=optim` run against the same example as a lightning-hydra-template user writes it
     (benchmarks/peer: automatic optimization, self.log every step, MLFlowLogger on sqlite, a checkpoint every
-    100 steps). Both record to an existing store, as whole processes, alternating round by round; the loop is
-    each one's own measure of its training (our run's log line, the peer's fit)."""
+    100 steps). Both record to an existing store, as whole processes, alternating round by round: wall time and
+    peak resident memory (each process's own VmHWM); the loop is each one's own measure of its training (our
+    run's log line, the peer's fit)."""
     if not s.peer_repeats:
         return {"skipped": "not in --quick (each round ~25 s)"}
     sides = {
@@ -158,26 +160,31 @@ def bench_peer(s: Settings, tmp: Path) -> dict[str, Any]:
     loop = {"ours": re.compile(r"\(loop ([0-9.]+)s"), "peer": re.compile(r"peer loop_s=([0-9.]+)")}
     launch = {k: tmp / f"peer-{k}" for k in sides}
     walls: dict[str, list[float]] = {k: [] for k in sides}
+    peaks: dict[str, list[float]] = {k: [] for k in sides}
     loops: dict[str, list[float]] = {k: [] for k in sides}
     for k in sides:  # each store exists before the measured rounds, and the page cache is warm
         launch[k].mkdir(exist_ok=True)
         timed_output(sides[k], launch[k])
     for i in range(s.peer_repeats):
         for k in alternate(i, "ours", "peer"):
-            wall, output = timed_output(sides[k], launch[k])
+            wall, peak, output = measured_output(sides[k], launch[k])
             walls[k].append(wall)
+            peaks[k].append(peak)
             loops[k].append(float(loop[k].findall(output)[-1]))
     out = {
         "command": "python scripts/train.py experiment=optim  (MLflow, an existing ./mlflow.db)",
         "peer": "python -m benchmarks.peer.train  (MLFlowLogger, an existing ./mlflow.db)",
         **{f"{k}_s": median(v) for k, v in walls.items()},
         **{f"{k}_loop_s": median(v) for k, v in loops.items()},
-        "samples": walls, "loop_samples": loops, "rounds": s.peer_repeats,
-        "target": TARGETS["peer_process"], "target_loop": TARGETS["peer_loop"],
+        **{f"{k}_peak_mib": median(v) for k, v in peaks.items()},
+        "samples": walls, "loop_samples": loops, "peak_samples_mib": peaks, "rounds": s.peer_repeats,
+        "target": TARGETS["peer_process"], "target_loop": TARGETS["peer_loop"], "target_peak": TARGETS["peer_peak"],
     }
     out["ratio"] = ratio(out["ours_s"], out["peer_s"])
     out["ratio_loop"] = ratio(out["ours_loop_s"], out["peer_loop_s"])
+    out["ratio_peak"] = ratio(out["ours_peak_mib"], out["peer_peak_mib"])
     print(f"[bench] peer: {out['ours_s']:.1f}s vs {out['peer_s']:.1f}s -> {out['ratio']:.2f}x; loop "
-          f"{out['ours_loop_s']:.2f}s vs {out['peer_loop_s']:.2f}s -> {out['ratio_loop']:.2f}x", file=sys.stderr,
-          flush=True)
+          f"{out['ours_loop_s']:.2f}s vs {out['peer_loop_s']:.2f}s -> {out['ratio_loop']:.2f}x; peak "
+          f"{out['ours_peak_mib']:.0f} vs {out['peer_peak_mib']:.0f} MiB -> {out['ratio_peak']:.2f}x",
+          file=sys.stderr, flush=True)
     return out

@@ -35,6 +35,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     loops, processes = st_.get("repeats"), st_.get("process_repeats")
     for name, r in results.get("trainers", {}).items():
+        if sc := r.get("script"):  # issue 35: the tutorial's own script, first step to last
+            add(f"{name} loop vs the tutorial's {sc['script']} loop (first step to last)", sc["ratio"], sc["target"],
+                "x", sc["rounds"])
+    for name, r in results.get("trainers", {}).items():
         what = "the reference optim loop" if name == "lightning" else "its reference loop"
         add(f"{name} loop vs {what} ({r['tutorial']}.py)", r["ratio"], r["target"], "x", loops)
     for name, r in results.get("backends", {}).items():
@@ -64,6 +68,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if "ratio" in peer:
         add("tracked experiment=optim process vs the lightning-hydra-template peer (benchmarks/peer)", peer["ratio"],
             peer["target"], "x", peer["rounds"])
+        add(f"its peak memory vs the peer's ({peer['ours_peak_mib']:.0f} vs {peer['peer_peak_mib']:.0f} MiB)",
+            peer["ratio_peak"], peer["target_peak"], "x", peer["rounds"])
         add("its loop vs the peer's fit", peer["ratio_loop"], peer["target_loop"], "x", peer["rounds"])
     imp = results.get("imports", {})
     if "numpy_forbidden" in imp:
@@ -162,6 +168,22 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(f"| {name} + progress bar | {r['tutorial']}.py | "
                              f"{fmt(r['loop_s']['trainer_progress_bar'], 3)} | {fmt(r['loop_s']['tutorial'], 3)} | "
                              f"{fmt(r['progress_bar_ratio'])}× | – | – |")
+
+    tr = results.get("trainers") or {}
+    if any("script" in r for r in tr.values()):
+        lines += ["", "## Trainers against the tutorial's own scripts (first step to last, logger=none)", "",
+                  f"The scripts run unchanged from {m.get('tutorial_dir')}, their `print` to a buffer; the time from "
+                  "the first step's report to the last step's (a script's print, a trainer's on_step), imports "
+                  "and set-up left out.", "",
+                  "| trainer | script | steps | trainer loop s | script loop s | ratio | target | rounds |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for name, r in tr.items():
+            if sc := r.get("script"):
+                lines.append(f"| {name} | {sc['script']} | {sc['steps']} | {fmt(sc['loop_s']['trainer'], 3)} | "
+                             f"{fmt(sc['loop_s']['script'], 3)} | {fmt(sc['ratio'])}× | ≤ {sc['target']:g}× | "
+                             f"{sc['rounds']} |")
+    if skipped := results.get("tutorial_scripts", {}).get("skipped"):
+        lines += ["", f"Skipped: {skipped}."]
 
     if bk := results.get("backends"):
         lines += ["", "## TensorFlow 2 and JAX against the trainers they are held to (the tensor preset)", "",
@@ -292,6 +314,8 @@ def flat_ratios(results: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, r in results.get("trainers", {}).items():
         out[f"ratio/trainer/{name}"] = r["ratio"]
+        if "script" in r:
+            out[f"ratio/script/{name}"] = r["script"]["ratio"]
     for name, r in results.get("backends", {}).items():
         if "ratio" in r:
             out[f"ratio/backend/{name}"] = r["ratio"]
@@ -304,6 +328,9 @@ def flat_ratios(results: dict[str, Any]) -> dict[str, float]:
         out[f"seconds/mlflow_fixed/later/{experiment}"] = r["fixed_s"]
     if "ratio" in results.get("startup", {}):
         out["ratio/startup/numpy"] = results["startup"]["ratio"]
+    if "ratio" in results.get("peer", {}):
+        out["ratio/peer/process"] = results["peer"]["ratio"]
+        out["ratio/peer/peak"] = results["peer"]["ratio_peak"]
     if "ratio_tracked" in results.get("startup", {}):
         out["ratio/startup/tracked_optim"] = results["startup"]["ratio_tracked"]
     if "ratio_untracked" in results.get("startup", {}):

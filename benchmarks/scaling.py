@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from backproplab.threads import step_flops
-from benchmarks.common import TARGETS, TORCH_TRAINERS, Settings, compose_cfg, median, ratio, reference
+from benchmarks.common import TARGETS, TORCH_TRAINERS, Settings, compose_cfg, median, ratio, reference, trainer_of
 
 
 def mm_chain(x: Any, w1: Any, w2: Any, g: Any, steps: int) -> list[float]:
@@ -68,16 +68,18 @@ def chain_run(x: Any, w1: Any, w2: Any, g: Any, steps: int) -> list[float]:
 
 def trainer_run(name: str, cfg: Any, problem: Any, steps: int) -> list[float]:
     """Steady-state step times of one trainer call."""
-    from backproplab import threads
-    from backproplab.trainers.registry import get_train
+    from omegaconf import open_dict
 
-    cfg.trainer.max_steps = steps
-    cfg.trainer.threads = "auto"  # what a run gets: chosen by threads.resolve, set in the frameworks
+    from backproplab import threads
+
+    with open_dict(cfg):
+        cfg.trainer.max_steps = steps
+        cfg.trainer.threads = "auto"  # what a run gets: chosen by threads.resolve, set in the frameworks
     count = threads.resolve(cfg)
-    train = get_train(name)
+    train = trainer_of(cfg, threads=count)
     threads.use(count)
     clock = StepClock()
-    train(problem, cfg, clock)
+    train(problem, clock)
     return intervals(clock.stamps)
 
 

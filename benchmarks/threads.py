@@ -13,7 +13,7 @@ from typing import Any
 
 from backproplab import threads
 from backproplab.threads import step_flops
-from benchmarks.common import TARGETS, Settings, compose_cfg, median, ratio
+from benchmarks.common import TARGETS, Settings, compose_cfg, median, ratio, trainer_of
 from benchmarks.scaling import intervals, mm_chain
 
 
@@ -66,15 +66,14 @@ def one_loop(s: Settings, setting: str | int) -> tuple[float, int]:
 
     from backproplab.problem import make_problem
     from backproplab.steps import Recorder
-    from backproplab.trainers.registry import get_train
 
     cfg = compose_cfg("logger=none", f"trainer.max_steps={s.steps}", "trainer.progress_bar=false")
     with open_dict(cfg):
         cfg.trainer.threads = setting
-    count = threads.resolve(cfg)
-    train = get_train(cfg.trainer.name)
+    count = threads.resolve(cfg)  # the count (auto: chosen now), which the run's spec writes into its config
+    train = trainer_of(cfg, threads=count)
     threads.use(count)
-    return train(make_problem(cfg), cfg, Recorder().on_step).loop_s, count
+    return train(make_problem(cfg), Recorder().on_step).loop_s, count
 
 
 def default_loops(s: Settings, settings: list[str | int]) -> dict[str | int, dict[str, Any]]:

@@ -41,8 +41,11 @@ MIN_PROCESS_S = 20.0  # a process started with less left than this would only ti
 BENCH_ROW_S = 10.0  # the six benchmark rows take ~10 s together on an H100
 BENCH_N = 8192
 TARGET_PCT = 50.0  # the training step against the same precision's matmul peak
-# run.py's summary line: "lightning-sequential-sgd: 500 steps, loss 662.8 -> 1.088e-06 in 1.23s (loop 0.456s,
-# 2 CPU threads)"
+# run.py's summary line, "<run name>: <steps> steps, loss <first> -> <final> in <s>s (loop <s>s, <n> CPU threads)",
+# the run name being the run's MLflow name, with logger=none too (tracking/names.run_name: an experiment preset's
+# name, else trainer-model-optim; in a sweep with the swept values, which may hold spaces): e.g. "numpy: 500 steps,
+# loss 3.7e+07 -> 2.1e-07 in 0.41s (loop 0.281s, 2 CPU threads)". A tracked run's next line is
+# "FINISHED run <run name>: <url>"; the last summary line is read, whatever the name before it.
 LOSS_LINE = re.compile(r": (\d+) steps, loss (\S+) -> (\S+) in [\d.]+s \(loop ([\d.]+)s[,)]")
 NO_MODULE = re.compile(r"No module named '([\w.]+)'")
 PYTEST_COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)\b")

@@ -18,6 +18,8 @@ import pytest
 from conftest import REPO, untraced
 
 from backproplab.trainers import registry
+from benchmarks import tutorial
+from benchmarks.tutorial import SCRIPTS
 
 BENCH = REPO / "scripts" / "bench.py"
 TRAINERS = tuple(registry.trainers())
@@ -66,6 +68,19 @@ def test_json_has_every_section_and_positive_finite_ratios(quick: tuple[dict, st
         # same data, weights and steps on both sides: the same curve, up to float32 summation order (and the
         # tutorial TF graph's unordered reads and writes of the weights)
         assert row["final_loss"]["trainer"] == pytest.approx(row["final_loss"]["tutorial"], rel=1e-2), name
+
+    # issue 35: each trainer against the tutorial's own script (first step to last, same steps), where the scripts
+    # are at hand (--tutorial-dir, $BACKPROPLAB_TUTORIAL_DIR or the workspace's seed); else one line says why not
+    if data["meta"]["tutorial_dir"]:
+        for name in SCRIPTS:
+            if name in data["trainers"]:
+                row = data["trainers"][name]["script"]
+                assert row["script"] == SCRIPTS[name] and row["steps"] == data["meta"]["settings"]["steps"], name
+                assert positive(row["ratio"]) and row["rounds"] == data["meta"]["settings"]["repeats"], (name, row)
+        assert data["ratios"]["ratio/script/numpy"] == data["trainers"]["numpy"]["script"]["ratio"]
+    else:
+        assert "tutorial_scripts" in data and "skipped" in data["tutorial_scripts"]
+        assert not any("script" in row for row in data["trainers"].values())
 
     assert positive(data["mlflow_loop"]["numpy"]["ratio"])
     fixed = data["mlflow_fixed"]
@@ -139,7 +154,33 @@ def test_quick_leaves_the_peer_and_the_committed_results_alone(quick: tuple[dict
     data, _, _ = quick
     assert "skipped" in data["peer"]  # ~25 s a round: make bench measures it
     assert data["meta"]["versions"]["torch"] and data["meta"]["date"]
-    assert not any(t["target"].startswith("tracked experiment=optim process vs the lightning") for t in data["targets"])
+    assert not any(t["target"].startswith(("tracked experiment=optim process vs the lightning", "its peak memory"))
+                   for t in data["targets"])
+
+
+def test_the_tutorial_scripts_are_found_or_skipped_in_one_line(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scripts come from --tutorial-dir, else $BACKPROPLAB_TUTORIAL_DIR: a folder asked for that lacks them is
+    said in one line, never replaced by another."""
+    monkeypatch.delenv(tutorial.ENV, raising=False)
+    assert tutorial.tutorial_dir(tmp_path) is None
+    line = tutorial.missing_line(tmp_path)
+    assert "\n" not in line and str(tmp_path) in line and "skipped" in line
+    monkeypatch.setenv(tutorial.ENV, str(tmp_path))
+    assert tutorial.tutorial_dir() is None and str(tmp_path) in tutorial.missing_line()
+    for name in SCRIPTS.values():
+        (tmp_path / name).write_text("")
+    assert tutorial.tutorial_dir() == tmp_path.resolve() == tutorial.tutorial_dir(tmp_path)
+
+
+def test_a_script_is_timed_from_its_first_print_to_its_last(tmp_path: Path) -> None:
+    """The script runs unchanged, its prints to a buffer (not this test's output), stopped after the steps asked."""
+    script = tmp_path / "loop.py"
+    script.write_text("import time\nloss = 100.0\nfor i in range(500):\n    loss /= 2\n    print(i, loss)\n"
+                      "    time.sleep(0.01)\n")
+    out = tutorial.run_script(script, steps=5)
+    assert out["steps"] == 5 and out["final_loss"] == 100.0 / 2**5
+    assert 0.04 <= out["loop_s"] < 1.0  # four intervals of ~10 ms: from the first step's print to the fifth's
 
 
 @pytest.mark.slow

@@ -70,9 +70,18 @@ def test_format_table() -> None:
 
 
 def test_summarize_run_reads_the_last_loss_line() -> None:
+    # run.py's lines: "<run name>: ..." (the run's MLflow name, a preset's or trainer-model-optim), then for a
+    # tracked run "FINISHED run <run name>: <url>"
     log = ("[2026-11-27 23:39:42,488][backproplab][INFO] - lightning-sequential-sgd: 500 steps, "
            "loss 662.8 -> 1.088e-06 in 1.23s (loop 0.456s, 2 CPU threads)\n")
     assert gpu_check.summarize_run(log) == ("ok", "loss 662.8 -> 1.088e-06, loop 0.456 s (500 steps)")
+    tracked = ("[2026-12-06 16:05:48,267][backproplab][INFO] - numpy: 500 steps, loss 3.688e+07 -> 2.1e-07 in "
+               "0.97s (loop 0.281s, 1 CPU thread), mlflow run aee0cd1664c64595b680744f2c45011d\n"
+               "[2026-12-06 16:05:48,274][backproplab][INFO] - FINISHED run numpy: http://127.0.0.1:5000/#/"
+               "experiments/1/runs/aee0cd1664c64595b680744f2c45011d?workflowType=machine_learning\n")
+    assert gpu_check.summarize_run(tracked) == ("ok", "loss 3.688e+07 -> 2.1e-07, loop 0.281 s (500 steps)")
+    swept = "optim lr=0.001 hidden=200: 20 steps, loss 700 -> 650 in 0.50s (loop 0.100s, 2 CPU threads)\n"
+    assert gpu_check.summarize_run(swept) == ("ok", "loss 700 -> 650, loop 0.100 s (20 steps)")
     status, detail = gpu_check.summarize_run(log.replace("1.088e-06", "700"))
     assert status == "FAILED" and detail.startswith("the loss did not go down")
     assert gpu_check.summarize_run("Traceback ...\nRuntimeError: boom\n") == (

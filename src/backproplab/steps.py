@@ -33,7 +33,7 @@ class Settings:
     reduction: str = "sum"  # the loss: "sum" of squares (the tutorial's) or "mean"
     accelerator: str = "cpu"  # cpu | gpu | cuda | auto
     precision: str = "32-true"  # Lightning's names; the hand-written trainers compute in problem.dtype
-    threads: int = 0  # CPU threads the run settled on (backproplab.threads); 0: the framework's own choice
+    threads: int | None = None  # CPU threads the run settled on (backproplab.threads); None: the framework's own
     seed: int = 0
     served_repeats: int = 0  # a dynamic model's depth when served (backproplab.forward.served_repeats)
     divergence_factor: float | None = None
