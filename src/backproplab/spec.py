@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from backproplab import threads
-from backproplab.config import check_declared, check_resume, validate
+from backproplab.config import check_declared, check_resume, declared, refuse_added_keys, validate
 from backproplab.forward import served_repeats
 from backproplab.problem import Problem
 from backproplab.runtime import job_dir
@@ -54,8 +54,6 @@ class RunSpec:
 def resolve(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> RunSpec:
     """Validate ``cfg`` once and settle what the run decides; ConfigError (one line) for the first bad value.
     A ``+rerun=<id>`` config is first rebuilt from that run's record, with today's declarations of its groups."""
-    from backproplab.config import refuse_added_keys
-
     rerun = bool(cfg.get("rerun"))
     if rerun:
         from backproplab.tracking.rerun import rerun_config
@@ -71,12 +69,12 @@ def resolve(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> Run
         c.trainer.pop(key, None)
     if rerun:  # what the model and data are declared to be today, not when recorded; the trainer's keys that
         # its yaml has gained since (Lightning's trainer.pl) with their values of today
-        today = _declared("trainer", c.trainer.name)
+        today = declared("trainer", c.trainer.name)
         for key in DECLARED:
             today.pop(key, None)
         c.trainer = OmegaConf.merge(today, c.trainer)
-        c.model.data = _declared("model", c.model.name).get("data")
-        c.data.module = _declared("data", c.data.name).get("module")
+        c.model.data = declared("model", c.model.name).get("data")
+        c.data.module = declared("data", c.data.name).get("module")
     validate(c)
     resumed = slurm_job.resumed_run(job_dir())  # Slurm restarted this job: it goes on in the run it started
     if resumed:
@@ -93,12 +91,6 @@ def resolve(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> Run
         check_resume(c)
     OmegaConf.set_readonly(c, True)
     return RunSpec(config=c, trainer=spec, threads=int(c.trainer.threads), auto_keys=auto_keys, resumed=resumed)
-
-
-def _declared(group: str, option: str) -> DictConfig:
-    from backproplab.config import declared
-
-    return declared(group, option)
 
 
 def _checkpoint_dir(cfg: DictConfig, spec: TrainerSpec) -> str | None:

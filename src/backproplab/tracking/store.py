@@ -143,18 +143,24 @@ SCHEMA_RACE = re.compile(
 )
 
 
+LOCKED_WAIT = 10.0  # a store locked by another writer that long is held, not being created: say so
+
+
 def _opened(uri: str, name: str, where: str | None, wait: float = 60.0) -> tuple[Any, str]:
     """(client, experiment id); a store that another client is creating at this moment is waited for (up to
-    ``wait`` seconds), then opened: MLflow's schema creation takes no lock of its own."""
+    ``wait`` seconds; a lock alone, ``LOCKED_WAIT``), then opened: MLflow's schema creation takes no lock of its
+    own."""
     from mlflow.tracking import MlflowClient
 
-    deadline, delay = time.monotonic() + wait, 0.2
+    start, delay = time.monotonic(), 0.2
     while True:
         try:
             client = MlflowClient(uri)
             return client, get_or_create_experiment(client, name, where)
         except Exception as e:
-            if not SCHEMA_RACE.search(str(e)) or time.monotonic() + delay > deadline:
+            locked = "database is locked" in str(e)
+            limit = start + (LOCKED_WAIT if locked else wait)
+            if not SCHEMA_RACE.search(str(e)) or time.monotonic() + delay > limit:
                 raise
             log.debug("the MLflow store is being created by another client (%s): retried in %.1f s",
                       str(e).strip().splitlines()[0][:200], delay)
