@@ -266,3 +266,22 @@ def child_env() -> dict[str, str]:
     """The environment of a child process: this one's, with the repository root importable (benchmarks/)."""
     paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+class StepClock:
+    """An on_step that also notes when each step ended: the intervals are steady-state step times, free of the
+    trainer's set-up (tensors, a Lightning Trainer) and of the first step's warm-up."""
+
+    def __init__(self) -> None:
+        from backproplab.steps import Recorder
+
+        self.recorder = Recorder()
+        self.stamps: list[float] = []
+
+    def __call__(self, step: int, loss: float) -> None:
+        self.recorder.on_step(step, loss)
+        self.stamps.append(time.perf_counter())
+
+    def first_to_last(self) -> float:
+        """From the first step's report to the last's: a loop's time without its set-up."""
+        return self.stamps[-1] - self.stamps[0] if len(self.stamps) > 1 else float("nan")

@@ -11,7 +11,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from backproplab.threads import step_flops
-from benchmarks.common import TARGETS, TORCH_TRAINERS, Settings, compose_cfg, median, ratio, reference, trainer_of
+from benchmarks.common import (
+    TARGETS,
+    TORCH_TRAINERS,
+    Settings,
+    StepClock,
+    compose_cfg,
+    median,
+    ratio,
+    reference,
+    trainer_of,
+)
 
 
 def mm_chain(x: Any, w1: Any, w2: Any, g: Any, steps: int) -> list[float]:
@@ -35,21 +45,6 @@ def _sync(device: Any) -> Callable[[Any], None]:
     if device.type == "cuda":
         return lambda t: torch.cuda.synchronize()
     return lambda t: None
-
-
-class StepClock:
-    """An on_step that also notes when each step ended: the intervals are steady-state step times, free of the
-    trainer's set-up (tensors, a Lightning Trainer) and of the first step's warm-up."""
-
-    def __init__(self) -> None:
-        from backproplab.steps import Recorder
-
-        self.recorder = Recorder()
-        self.stamps: list[float] = []
-
-    def __call__(self, step: int, loss: float) -> None:
-        self.recorder.on_step(step, loss)
-        self.stamps.append(time.perf_counter())
 
 
 def intervals(stamps: Sequence[float]) -> list[float]:

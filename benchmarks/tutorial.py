@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, median, ratio, run_child
+from benchmarks.common import REPO, StepClock, median, ratio, run_child
 
 ENV = "BACKPROPLAB_TUTORIAL_DIR"
 # the trainer -> the tutorial's code block it implements (the seed's file names)
@@ -85,23 +85,6 @@ def run_script(path: Path, steps: int) -> dict[str, Any]:
     return {"loop_s": stamps[-1] - stamps[0], "steps": len(stamps), "final_loss": float(last)}
 
 
-class StampedRecorder:
-    """The on_step of ``logger=none`` (a Recorder) that also notes when each step was reported."""
-
-    def __init__(self) -> None:
-        from backproplab.steps import Recorder
-
-        self.recorder = Recorder()
-        self.stamps: list[float] = []
-
-    def __call__(self, step: int, loss: float) -> None:
-        self.recorder.on_step(step, loss)
-        self.stamps.append(time.perf_counter())
-
-    def first_to_last(self) -> float:
-        return self.stamps[-1] - self.stamps[0] if len(self.stamps) > 1 else float("nan")
-
-
 def compare(name: str, steps: int, warmup: int, repeats: int, folder: Path) -> dict[str, Any]:
     """The trainer against its tutorial script in this process, alternating round by round, medians."""
     from backproplab.problem import make_problem
@@ -114,7 +97,7 @@ def compare(name: str, steps: int, warmup: int, repeats: int, folder: Path) -> d
     problem = make_problem(cfg)
 
     def trainer_side() -> dict[str, Any]:
-        train, clock = trainer_of(cfg), StampedRecorder()
+        train, clock = trainer_of(cfg), StepClock()
         train(problem, clock)
         return {"loop_s": clock.first_to_last(), "steps": len(clock.stamps), "final_loss": clock.recorder.losses[-1]}
 
