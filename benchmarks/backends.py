@@ -25,6 +25,7 @@ def _run(name: str, problem: Any, cfg: Any) -> dict[str, float]:
 
 def bench_backends(s: Settings) -> dict[str, Any]:
     from backproplab.problem import make_problem
+    from backproplab.trainers import registry
     from backproplab.trainers.registry import missing
 
     out: dict[str, Any] = {}
@@ -36,7 +37,7 @@ def bench_backends(s: Settings) -> dict[str, Any]:
         cfgs = {t: compose_cfg("experiment=tensor", f"trainer={t}", "logger=none", f"trainer.max_steps={s.steps}")
                 for t in (against, name)}
         for cfg in cfgs.values():
-            trainer_of(cfg)  # imports first (TensorFlow's environment is set on import)
+            registry.load(cfg.trainer.name)  # imports first (TensorFlow's environment is set on import)
         problem = make_problem(cfgs[name])
         samples: dict[str, list[dict[str, float]]] = {name: [], against: []}
         load0 = load()

@@ -47,12 +47,13 @@ def bench_trainers(s: Settings, names: Sequence[str], tutorial_dir: Path | None 
     Lightning is also run with its progress bar on (output to /dev/null) to show what the bar costs.
     """
     from backproplab.problem import make_problem
+    from backproplab.trainers import registry
 
     out: dict[str, Any] = {}
     for name in names:
         tutorial, experiment = PAIRS[name]
-        trainer_of(compose_cfg(f"experiment={experiment}", "logger=none"))  # imports first: trainers/tensorflow.py
-        # sets TF's environment before TF is imported
+        # imports first: trainers/tensorflow.py sets TF's environment before TF is imported
+        registry.load(compose_cfg(f"experiment={experiment}", "logger=none").trainer.name)
         cfg = compose_cfg(f"experiment={experiment}", "logger=none", f"trainer.max_steps={s.steps}",
                           "trainer.progress_bar=false")
         problem = make_problem(cfg)

@@ -88,12 +88,13 @@ def run_script(path: Path, steps: int) -> dict[str, Any]:
 def compare(name: str, steps: int, warmup: int, repeats: int, folder: Path) -> dict[str, Any]:
     """The trainer against its tutorial script in this process, alternating round by round, medians."""
     from backproplab.problem import make_problem
+    from backproplab.trainers import registry
     from benchmarks.common import PAIRS, compose_cfg, trainer_of
 
     script = folder / SCRIPTS[name]
     cfg = compose_cfg(f"experiment={PAIRS[name][1]}", "logger=none", f"trainer.max_steps={steps}",
                       "trainer.progress_bar=false")
-    trainer_of(cfg)  # the framework's imports (TensorFlow's environment is set by the trainer's module)
+    registry.load(cfg.trainer.name)  # the framework's imports (TensorFlow's environment is set by the trainer's module)
     problem = make_problem(cfg)
 
     def trainer_side() -> dict[str, Any]:

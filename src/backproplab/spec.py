@@ -46,10 +46,6 @@ class RunSpec:
     auto_keys: tuple[str, ...]  # the keys the run chose itself (trainer.threads=auto), tagged as such
     resumed: dict[str, Any] | None  # a restarted Slurm job's note of the run it started (slurm/job.py)
 
-    @property
-    def settings(self) -> Settings:
-        return settings(self.config)
-
 
 def resolve(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> RunSpec:
     """Validate ``cfg`` once and settle what the run decides; ConfigError (one line) for the first bad value.

@@ -12,6 +12,7 @@ calls); where they are missing, MLflow makes the store in place as before.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -53,7 +54,7 @@ def made_whole(db: Path) -> None:
     _settled(db)
 
 
-def _settled(db: Path, quiet: float = 8.0, wait: float = 90.0) -> None:
+def _settled(db: Path, quiet: float = 4.0, wait: float = 90.0) -> None:
     """Until the store's schema is MLflow's latest, or nothing in it changed for ``quiet`` seconds (an older
     store, or one left half made: MLflow then says what is wrong), reading only."""
     if _head_revision() is None:
@@ -86,19 +87,15 @@ def _schema_state(db: Path) -> tuple[str | None, int, int]:
     return version, st.st_size, st.st_mtime_ns
 
 
-_HEAD: list[str | None] = []
-
-
+@functools.cache
 def _head_revision() -> str | None:
     """MLflow's latest schema revision (the one every store it opens must have), or None where unknown."""
-    if not _HEAD:
-        try:
-            from mlflow.store.db.utils import _get_latest_schema_revision
+    try:
+        from mlflow.store.db.utils import _get_latest_schema_revision
 
-            _HEAD.append(_get_latest_schema_revision())
-        except Exception:
-            _HEAD.append(None)
-    return _HEAD[0]
+        return _get_latest_schema_revision()
+    except Exception:
+        return None
 
 
 @contextlib.contextmanager
@@ -121,6 +118,7 @@ def creation_lock(db: Path | None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
 
 def _is_sqlite(path: Path) -> bool:
     with open(path, "rb") as f:

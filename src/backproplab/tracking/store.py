@@ -136,9 +136,10 @@ def open_store(logger_cfg: DictConfig) -> tuple[Any, str]:
 # What MLflow raises when it creates or migrates a store's schema while another client (mlflow ui, a notebook,
 # another sweep) does the same: each sees no tables, and the later of two CREATE TABLEs, ALTER TABLEs or DROP
 # INDEXes fails, or a client finds the schema half made. Once the other client has finished, the store opens.
+# (An older store's "out-of-date database schema" is not one: fresh.made_whole has waited for any migration.)
 SCHEMA_RACE = re.compile(
     r"\b(table|relation|index|column)\b.* already exists|duplicate column|no such (table|index|column)|"
-    r"online migration|out-of-date database schema|database is locked|alembic|unique constraint failed: experiments",
+    r"online migration|database is locked|unique constraint failed: experiments",
     re.IGNORECASE,
 )
 
