@@ -12,16 +12,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 TRAIN_SCRIPT = REPO / "scripts" / "train.py"
 REFERENCE = Path(__file__).resolve().parent / "reference"
+T = TypeVar("T")  # what one side of a comparison returns for a round (rounds)
 CHILD_MARK = "BENCH_JSON "  # the line a child process answers on (trainers may print other lines)
 
 HEAVY = ("torch", "tensorflow", "lightning", "pytorch_lightning", "mlflow", "keras", "matplotlib")
@@ -151,6 +152,20 @@ def ratio(a: float, b: float) -> float:
 def alternate(i: int, a: Any, b: Any) -> tuple[Any, Any]:
     """a then b on even rounds, b then a on odd ones: drift in the machine's load hits both sides."""
     return (a, b) if i % 2 == 0 else (b, a)
+
+
+def rounds(sides: Mapping[str, Callable[[], T]], warmup: int, repeats: int) -> dict[str, list[T]]:
+    """Each side once a round, ``warmup`` unmeasured rounds then ``repeats`` measured ones, the order rotated round
+    by round (a b, then b a; a b c, b c a, c a b): drift in the machine's load hits every side alike. Returns
+    each side's samples of the measured rounds."""
+    samples: dict[str, list[T]] = {k: [] for k in sides}
+    keys = list(sides)
+    for i in range(warmup + repeats):
+        for k in keys[i % len(keys):] + keys[: i % len(keys)]:
+            sample = sides[k]()
+            if i >= warmup:
+                samples[k].append(sample)
+    return samples
 
 
 def load() -> float:

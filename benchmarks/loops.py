@@ -21,6 +21,7 @@ from benchmarks.common import (
     quiet,
     ratio,
     reference,
+    rounds,
     trainer_of,
 )
 
@@ -66,15 +67,8 @@ def bench_trainers(s: Settings, names: Sequence[str], tutorial_dir: Path | None 
             bar_cfg = compose_cfg(f"experiment={experiment}", "logger=none", f"trainer.max_steps={s.steps}",
                                   "trainer.progress_bar=true")
             variants["trainer_progress_bar"] = functools.partial(run_trainer, name, problem, bar_cfg, silence=True)
-        samples: dict[str, list[dict[str, Any]]] = {k: [] for k in variants}
         load0 = load()
-        for i in range(s.warmup + s.repeats):
-            keys = list(variants)
-            keys = keys[i % len(keys):] + keys[: i % len(keys)]  # rotate the order round by round
-            for k in keys:
-                sample = variants[k]()
-                if i >= s.warmup:
-                    samples[k].append(sample)
+        samples = rounds(variants, s.warmup, s.repeats)
         row = {
             "tutorial": tutorial,
             "experiment": experiment,

@@ -20,11 +20,10 @@ import io
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, StepClock, median, ratio, run_child
+from benchmarks.common import REPO, StepClock, median, ratio, rounds, run_child
 
 ENV = "BACKPROPLAB_TUTORIAL_DIR"
 # the trainer -> the tutorial's code block it implements (the seed's file names)
@@ -109,14 +108,7 @@ def compare(name: str, steps: int, warmup: int, repeats: int, folder: Path) -> d
             tf.compat.v1.reset_default_graph()
         return run_script(script, steps)
 
-    sides: dict[str, Callable[[], dict[str, Any]]] = {"trainer": trainer_side, "script": script_side}
-    samples: dict[str, list[dict[str, Any]]] = {k: [] for k in sides}
-    for i in range(warmup + repeats):
-        for k in (("trainer", "script") if i % 2 == 0 else ("script", "trainer")):
-            sample = sides[k]()
-            if i >= warmup:
-                samples[k].append(sample)
-    return summary(name, samples)
+    return summary(name, rounds({"trainer": trainer_side, "script": script_side}, warmup, repeats))
 
 
 def summary(name: str, samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

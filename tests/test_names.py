@@ -52,9 +52,13 @@ def test_an_optuna_trial_is_named_with_short_values() -> None:
     swept = ["optim", "optim.lr", "model.hidden"]
     overrides = ["optim=adam", f"optim.lr={OPTUNA_LR}", "model.hidden=200"]
     assert names.run_name(cfg(), overrides, swept) == "lightning-sequential-adam lr=1.15e-05 hidden=200"
-    # a name the sweep already has: more digits, until it differs
-    taken = {"lightning-sequential-adam lr=1.15e-05 hidden=200", "lightning-sequential-adam lr=1.1499e-05 hidden=200"}
-    assert names.run_name(cfg(), overrides, swept, taken) == "lightning-sequential-adam lr=1.14989e-05 hidden=200"
+    # a trial whose name another's would read as: the sweep's end names them together, with more digits until
+    # they differ (sweep.rename_children)
+    base, in_base = names.base_name(None, "lightning", "sequential", "adam")
+    trials = [(base, in_base, {"optim": "adam", "optim.lr": lr, "model.hidden": "200"})
+              for lr in (OPTUNA_LR, "1.1499e-05")]
+    assert names.sweep_run_names(trials, swept) == ["lightning-sequential-adam lr=1.14989e-05 hidden=200",
+                                                   "lightning-sequential-adam lr=1.1499e-05 hidden=200"]
     assert names.run_name(cfg("nn"), ["experiment=nn", "optim.lr=1e-3"], ["experiment", "optim.lr"]) == "nn lr=1e-3"
 
 

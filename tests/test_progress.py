@@ -140,7 +140,7 @@ def test_the_sweep_size_from_its_overrides(tmp_path: Path) -> None:
     multirun.yaml, and the sweeper's params), a trial budget for another sweeper, unknown for an interval."""
     from omegaconf import DictConfig, OmegaConf
 
-    from backproplab.tracking.sweep import BASIC_SWEEPER, sweep_size
+    from backproplab.tracking.sweep import BASIC_SWEEPER, BASIC_SWEEPERS, is_basic, sweep_size
 
     def job(sweeper: dict, typed: list[str]) -> DictConfig:
         OmegaConf.save({"hydra": {"overrides": {"task": typed}}}, tmp_path / "multirun.yaml")
@@ -151,6 +151,16 @@ def test_the_sweep_size_from_its_overrides(tmp_path: Path) -> None:
         {"model.hidden", "optim", "seed"}, 12)
     assert sweep_size(job({"_target_": BASIC_SWEEPER}, ["seed=0,1", "seed=4"])) == (set(), None)  # later wins
     assert sweep_size(job({"_target_": BASIC_SWEEPER}, ["optim=glob(sgd*)", "seed=0,1"])) == ({"optim", "seed"}, None)
+    # the project's own sweeper runs the basic sweeper's grid: counted the same (one job per combination)
+    ours = {"_target_": "hydra_plugins.backproplab_sweeper.sweeper.BackproplabSweeper", "params": {"seed": "0,1"}}
+    assert is_basic(ours) and ours["_target_"] in BASIC_SWEEPERS
+    assert sweep_size(job(ours, ["optim=sgd,adam"])) == ({"optim", "seed"}, 4)
+    # another sweep into another dir, in this process: its own count, never the one read before
+    other = tmp_path / "other"
+    other.mkdir()
+    OmegaConf.save({"hydra": {"overrides": {"task": ["optim=sgd,adam,adagrad"]}}}, other / "multirun.yaml")
+    config = OmegaConf.create({"hydra": {"sweeper": ours, "sweep": {"dir": str(other)}}})
+    assert sweep_size(config) == ({"optim", "seed"}, 6)
     optuna = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper", "n_trials": 20,
               "params": {"optim.lr": "tag(log, interval(1e-5, 1e-2))", "optim": "choice(sgd, adam)"}}
     (tmp_path / "multirun.yaml").unlink()

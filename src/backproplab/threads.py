@@ -59,11 +59,15 @@ def flops_per_step(cfg: DictConfig) -> float:
     return flops + 6.0 * n * hidden * hidden * cfg.model.get("max_repeats", 0) / 2
 
 
-def usable_cpus(cfg: DictConfig) -> int:
-    """The CPUs this run may use: its allocation, shared with the jobs or processes started beside it."""
+def usable_cpus(cfg: DictConfig | None = None) -> int:
+    """The CPUs this process may use: its affinity, or a Slurm allocation's SLURM_CPUS_PER_TASK. Given a run's
+    config, the run's share: divided among the jobs or processes started beside it. Without one, the allocation
+    whole (a sweep's launching process weighs its jobs against it: tracking.sweep.crowding)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if slurm := os.environ.get("SLURM_CPUS_PER_TASK"):
+    if (slurm := os.environ.get("SLURM_CPUS_PER_TASK", "")).isdigit():  # anything else: no figure to go by
         cpus = min(cpus, int(slurm))
+    if cfg is None:
+        return max(1, cpus)
     sharing = 1
     from hydra.core.hydra_config import HydraConfig
 
@@ -113,7 +117,9 @@ def idle_cpus() -> float:
     if now is None:
         return online
     others = (now[1] - start[1]) - (now[2] - start[2])
-    return max(0.0, online - others / (now[0] - start[0]))
+    # clamped both ways: /proc/stat and this process's own clock tick at different moments, so a quiet machine
+    # can read a hair over every CPU idle (2.004 of 2)
+    return min(online, max(0.0, online - others / (now[0] - start[0])))
 
 
 # A sweep hands its figure to its jobs in a file in the sweep dir, not in an environment variable: every launcher's

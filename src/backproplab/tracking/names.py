@@ -109,18 +109,14 @@ def compose(base: str, parts: Sequence[tuple[str, str]]) -> str:
     return " ".join([base, *(f"{label}={value}" for label, value in parts)])[:NAME_LIMIT]
 
 
-def run_name(cfg: DictConfig, overrides: Sequence[str] = (), swept: Sequence[str] = (),
-             taken: Collection[str] = ()) -> str:
+def run_name(cfg: DictConfig, overrides: Sequence[str] = (), swept: Sequence[str] = ()) -> str:
     """The preset's name (``nn``) or ``trainer-model-optim``; in a sweep, plus the swept values that the base
     does not already say: ``optim lr=0.001``, ``lightning-sequential-adam lr=1.15e-05 hidden=200``. A float shows
-    SIGNIFICANT digits, or more where the name would otherwise be one of ``taken`` (the sweep's names so far)."""
+    SIGNIFICANT digits: a job names itself alone, and the sweep's end gives runs that would read the same the
+    digits that tell them apart (sweep_run_names)."""
     base, in_base = base_name(cfg.get("preset"), cfg.trainer.name, cfg.model.name, cfg.optim.name)
     parts = swept_values(dict(split_override(o) for o in overrides), swept, in_base)
-    for d in range(SIGNIFICANT, MAX_DIGITS + 1):
-        name = compose(base, [(label, rounded(value, d)) for label, value in parts])
-        if name not in taken:
-            return name
-    return compose(base, parts)
+    return compose(base, [(label, rounded(value)) for label, value in parts])
 
 
 def sweep_run_names(runs: Sequence[tuple[str, Collection[str], dict[str, str]]], swept: Sequence[str]) -> list[str]:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import atexit
 import math
-import os
 import re
 import sys
+from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from backproplab.threads import usable_cpus  # the allocation whole: crowding weighs a sweep's jobs against it
 
 _stopped_because: str | None = None  # why the sweep stopped before its jobs had run, when the launcher said
 
@@ -27,27 +30,32 @@ def note_stop(reason: str) -> None:
     _stopped_because = reason
 
 
-def swept_keys(config: DictConfig) -> list[str]:
-    """The keys a multirun varies: its sweep overrides (``optim=sgd,adam``, ``optim.lr=range(...)``) and the
-    sweeper's own search space (``hydra.sweeper.params``, e.g. Optuna's)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-    keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
-    params = config.hydra.sweeper.get("params") or {}
-    return keys + [k for k in params if k not in keys]
-
-
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# sweepers that run every combination of their params and the command line's sweeps, as Hydra's basic one does
+BASIC_SWEEPERS = (BASIC_SWEEPER, "hydra_plugins.backproplab_sweeper.sweeper.BackproplabSweeper")
 
 
-def _count(sweeper: DictConfig, typed: list[str]) -> tuple[set[str], int | None]:
-    """The keys a sweep varies and its number of jobs, from its sweeper's config and its overrides as typed."""
+def is_basic(sweeper: DictConfig | dict) -> bool:
+    """Whether a sweeper (``hydra.sweeper``) runs the basic sweeper's grid, rather than trials (Optuna's)."""
+    return sweeper.get("_target_") in BASIC_SWEEPERS
+
+
+class Parsed(NamedTuple):
+    """A sweep's overrides, parsed once: what swept_keys and the job count both read."""
+
+    keys: tuple[str, ...]  # swept_keys: the typed sweeps in order, then the sweeper's params not among them
+    sizes: tuple[tuple[str, int | None], ...]  # (key, its number of values; None: not listable), later wins
+
+
+@lru_cache(maxsize=64)  # a pure function of its strings: a sweep's callbacks and jobs ask again with the same ones
+def _parse(params: tuple[tuple[str, str], ...], typed: tuple[str, ...]) -> Parsed:
+    """The sweeper's params (``(key, value)``) and the overrides as typed, through Hydra's parser in one call."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params] + list(typed))
+    keys = [o.key_or_group for o in parsed[len(params):] if o.is_sweep_override()]
     counts: dict[str, int | None] = {}
-    for o in OverridesParser.create().parse_overrides(params + typed):  # as typed: Hydra has parsed them already
+    for o in parsed:
         if not o.is_sweep_override():  # later wins, as in the basic sweeper
             counts.pop(o.key_or_group, None)
             continue
@@ -55,34 +63,53 @@ def _count(sweeper: DictConfig, typed: list[str]) -> tuple[set[str], int | None]
             counts[o.key_or_group] = len(list(o.sweep_string_iterator())) if o.is_discrete_sweep() else None
         except Exception:  # a glob: its values need the config repository
             counts[o.key_or_group] = None
-    if sweeper.get("_target_") != BASIC_SWEEPER:
+    return Parsed(tuple(keys + [k for k, _ in params if k not in keys]), tuple(counts.items()))
+
+
+def _parsed(sweeper: DictConfig, typed: Sequence[Any]) -> Parsed:
+    """_parse of a sweeper's config and a sweep's overrides (as typed: Hydra has parsed them already)."""
+    params = tuple((str(k), f"{v}") for k, v in (sweeper.get("params") or {}).items())
+    return _parse(params, tuple(str(o) for o in typed))
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """The keys a multirun varies: its sweep overrides (``optim=sgd,adam``, ``optim.lr=range(...)``) and the
+    sweeper's own search space (``hydra.sweeper.params``, e.g. Optuna's)."""
+    return list(_parsed(config.hydra.sweeper, config.hydra.overrides.task).keys)
+
+
+def _count(sweeper: DictConfig, typed: Sequence[Any]) -> tuple[set[str], int | None]:
+    """The keys a sweep varies and its number of jobs, from its sweeper's config and its overrides as typed."""
+    counts = dict(_parsed(sweeper, typed).sizes)
+    if not is_basic(sweeper):
         return {*counts}, sweeper.get("n_trials")
     sizes = [n for n in counts.values() if n is not None]
     return {*counts}, math.prod(sizes) if counts and len(sizes) == len(counts) else None
+
+
+@lru_cache(maxsize=64)  # keyed by the file's text, not its dir: another sweep's differs, a stale count cannot be
+def _typed(saved: str) -> tuple[str, ...]:
+    """The command line's overrides that a multirun.yaml's text holds."""
+    from omegaconf import OmegaConf
+
+    try:  # a sweeper that saves none (Optuna's), or a node that cannot see it: the sweeper's params alone
+        return tuple(str(o) for o in OmegaConf.create(saved).hydra.overrides.task)
+    except Exception:
+        return ()
 
 
 def sweep_size(job: DictConfig) -> tuple[set[str], int | None]:
     """From a sweep job's config: the keys its sweep varies, and how many jobs it has where that can be known.
     Hydra's basic sweeper runs every combination of its sweeper params and the command line's sweeps (read back
     from the multirun.yaml it saves before any job starts), so the count is the product of their lengths; a
-    sweeper with a trial budget (Optuna's ``n_trials``) runs that many; an interval or a glob leaves it unknown."""
-    from omegaconf import OmegaConf
-
-    typed: list[str] = []
-    saved = Path(str(job.hydra.sweep.dir)) / "multirun.yaml"
-    try:  # a sweeper that saves none (Optuna's), or a node that cannot see it: the sweeper's params alone
-        typed = [str(o) for o in OmegaConf.load(saved).hydra.overrides.task]
-    except Exception:
-        pass
-    return _count(job.hydra.sweeper, typed)
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may use: its affinity, or a Slurm allocation's SLURM_CPUS_PER_TASK."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if (slurm := os.environ.get("SLURM_CPUS_PER_TASK", "")).isdigit():
-        cpus = min(cpus, int(slurm))
-    return max(1, cpus)
+    sweeper with a trial budget (Optuna's ``n_trials``) runs that many; an interval or a glob leaves it unknown.
+    Called by every job: reading the file costs microseconds, parsing it ~20 ms, so the parse is cached on the
+    file's text (a later job of the sweep in this process, a joblib worker's next job, costs the read alone)."""
+    try:
+        saved = (Path(str(job.hydra.sweep.dir)) / "multirun.yaml").read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        saved = ""
+    return _count(job.hydra.sweeper, _typed(saved))
 
 
 def crowding(config: DictConfig) -> str | None:
@@ -104,8 +131,8 @@ def crowding(config: DictConfig) -> str | None:
     at_once = asked
     try:
         sweeper = config.hydra.sweeper
-        total = _count(sweeper, [str(o) for o in config.hydra.overrides.task])[1]
-        batch = sweeper.get("n_jobs") if sweeper.get("_target_") != BASIC_SWEEPER else None  # Optuna's batch
+        total = _count(sweeper, config.hydra.overrides.task)[1]
+        batch = None if is_basic(sweeper) else sweeper.get("n_jobs")  # Optuna's batch
         at_once = min(n for n in (asked, total, batch) if isinstance(n, int) and n > 0)
     except Exception:  # the count is a refinement: without it, the launcher's figure
         pass
@@ -298,15 +325,12 @@ class MlflowSweepCallback(Callback):
             return
         from backproplab.runtime import mask_secrets
 
-        sweep = str(config.hydra.sweep.dir)
-        if getattr(self, "_sweep_of", None) != sweep:  # read once a sweep where its jobs share this callback
-            try:
-                size = sweep_size(config)
-            except Exception:  # a line to say which job this is must never fail the job
-                size = (set(), None)
-            self._sweep_of, (self._swept, self._total) = sweep, size
-        ours = [o for o in config.hydra.overrides.task if o.partition("=")[0].lstrip("+~") in self._swept]
-        of = f"/{self._total}" if self._total else ""
+        try:  # cached in the module, not here: a joblib worker gets a fresh copy of this callback for each job
+            swept, total = sweep_size(config)
+        except Exception:  # a line to say which job this is must never fail the job
+            swept, total = set(), None
+        ours = [o for o in config.hydra.overrides.task if o.partition("=")[0].lstrip("+~") in swept]
+        of = f"/{total}" if total else ""
         shown = " ".join(mask_secrets(o) for o in ours or config.hydra.overrides.task)
         print(f"[backproplab] job {config.hydra.job.num + 1}{of}" + (f": {shown}" if shown else ""), flush=True)
 
