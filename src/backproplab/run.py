@@ -199,13 +199,14 @@ def checks_its_group(cfg: DictConfig, rec: Any) -> bool:
 
     from backproplab.tracking.groups import asked_seeds
     from backproplab.tracking.store import find_parent_run
-    from backproplab.tracking.sweep import BASIC_SWEEPER
+    from backproplab.tracking.sweep import is_basic
 
     hydra = HydraConfig.get()
-    if hydra.sweeper.get("_target_") != BASIC_SWEEPER or rec.spool is not None:  # Optuna's trials: no seed groups
+    if not is_basic(hydra.sweeper) or rec.spool is not None:  # Optuna's trials: no seed groups
         return True
     try:
-        parent = find_parent_run(rec.client, rec.experiment_id, sweep_dir())
+        # the parent the record found as it opened; its tags (the sweep's overrides) are written before any job
+        parent = rec.parent or find_parent_run(rec.client, rec.experiment_id, sweep_dir())
         if parent is None:
             raise LookupError("the sweep's parent run is not found")
         seeds = asked_seeds(parent.data.tags.get("overrides"), hydra.sweeper.get("params"))

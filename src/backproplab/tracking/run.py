@@ -75,6 +75,7 @@ class MlflowTracker(Recorder):
         self._create_tried = False  # a create_run was sent: a retry looks for the run it may have made
         self.run: Any = None  # the MLflow run, once created
         self._files: Path | None = None  # a temporary folder for the artifacts, written there before sending
+        self.parent: Any = None  # a sweep job's parent run (found by its sweep dir), as the run opened
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> MlflowTracker:
@@ -129,12 +130,11 @@ class MlflowTracker(Recorder):
             tags[SLURM_TAG] = job
         if sweep_dir() and HydraConfig.initialized():
             tags[JOB_TAG] = str(HydraConfig.get().job.num)  # the job's place in its sweep (the lesson's order)
-        parent = None
         if sweep := sweep_dir():
-            parent = find_parent_run(self.client, exp_id, sweep)
-            if parent:
-                tags[PARENT_TAG] = parent.info.run_id
-        swept = parent.data.tags.get(SWEPT_TAG, "").split() if parent else []
+            self.parent = find_parent_run(self.client, exp_id, sweep)
+            if self.parent:
+                tags[PARENT_TAG] = self.parent.info.run_id
+        swept = self.parent.data.tags.get(SWEPT_TAG, "").split() if self.parent else []
         tags[OPEN_TAG] = uuid.uuid4().hex
         try:
             send(self._create_run, exp_id, names.run_name(c, overrides, swept), registry.resolve_tags(tags),
