@@ -21,7 +21,7 @@ from benchmarks.backends import BACKENDS, bench_backends
 from benchmarks.common import CHILD_MARK, PAIRS, QUICK, Settings, load
 from benchmarks.loops import bench_trainers
 from benchmarks.mlflow_cost import _child_fixed, bench_mlflow_fixed, bench_mlflow_loop
-from benchmarks.processes import _child_imports, bench_imports, bench_peer, bench_startup, bench_sweep
+from benchmarks.processes import _child_imports, bench_imports, bench_jobs, bench_peer, bench_startup, bench_sweep
 from benchmarks.report import flat_ratios, log_to_mlflow, markdown, results_page, targets
 from benchmarks.scaling import bench_compile, bench_scaling
 from benchmarks.server_load import bench_server_load
@@ -30,8 +30,8 @@ from benchmarks.tutorial import ENV, _child_script, missing_line, tutorial_dir
 
 # measured after the other in-process sections: TensorFlow's thread pools must not touch torch's figures
 LAST = ("tensorflow",)
-SECTIONS = ("trainers", "backends", "mlflow", "startup", "peer", "imports", "sweep", "scaling", "threads", "server",
-            "compile")
+SECTIONS = ("trainers", "backends", "mlflow", "startup", "peer", "imports", "sweep", "jobs", "scaling", "threads",
+            "server", "compile")
 
 
 DEFAULT_ONLY = ",".join(s for s in SECTIONS if s != "compile")
@@ -52,7 +52,8 @@ def versions() -> dict[str, str]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="bench.py", description="Hold every trainer, MLflow and start-up against the tutorial's own code.")
-    p.add_argument("--quick", action="store_true", help="CI settings: tiny steps and sizes, a one-job sweep")
+    p.add_argument("--quick", action="store_true",
+                   help="CI settings: tiny steps and sizes, no nine-experiment sweep, 2- and 4-seed job sweeps")
     p.add_argument("--out", type=Path, default=Path("bench-results/bench.json"), help="the JSON (and .md beside it)")
     p.add_argument("--only", default=DEFAULT_ONLY,
                    help=f"comma-separated sections to run (of {', '.join(SECTIONS)})")
@@ -175,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             section("imports", lambda: bench_imports(s, tmp))
         if "sweep" in sections:
             section("sweep", lambda: bench_sweep(s, tmp))
+        if "jobs" in sections:
+            section("jobs", lambda: bench_jobs(s, tmp, quick=args.quick))
         if "server" in sections:
             section("server", lambda: bench_server_load(s, tmp))
 

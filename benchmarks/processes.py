@@ -1,9 +1,14 @@
 """Whole processes: start-up of a run against its reference script, which heavy modules each trainer's process
-imports, and the nine-example sweep against the nine reference scripts run one after another."""
+imports, the nine-example sweep against the nine reference scripts run one after another, and what a sweep job
+costs beyond its own loop."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -17,8 +22,10 @@ from benchmarks.common import (
     REFERENCE,
     TARGETS,
     TRAIN_SCRIPT,
+    BenchError,
     Settings,
     alternate,
+    child_env,
     compose_cfg,
     measure_process,
     measured_output,
@@ -187,4 +194,105 @@ def bench_peer(s: Settings, tmp: Path) -> dict[str, Any]:
           f"{out['ours_loop_s']:.2f}s vs {out['peer_loop_s']:.2f}s -> {out['ratio_loop']:.2f}x; peak "
           f"{out['ours_peak_mib']:.0f} vs {out['peer_peak_mib']:.0f} MiB -> {out['ratio_peak']:.2f}x",
           file=sys.stderr, flush=True)
+    return out
+
+
+JOBS_WORKERS = 2  # hydra.launcher.n_jobs of the measured sweeps: the issue's two workers
+JOBS_TARGET = 2.0  # a job's marginal cost / the median loop of its runs (time/loop_s)
+JOBS_SIZES = (8, 64)  # seeds of the small and the big sweep (the issue's)
+JOBS_SIZES_QUICK = (2, 4)  # --quick: the same formula on sizes CI can afford
+JOBS_TIMEOUT_S = 900.0  # one sweep's limit (15 min); --quick: JOBS_TIMEOUT_QUICK_S
+JOBS_TIMEOUT_QUICK_S = 300.0
+
+
+def jobs_command(seeds: int) -> list[str]:
+    """The measured sweep of ``seeds`` numpy runs on Hydra's joblib launcher."""
+    return [sys.executable, str(TRAIN_SCRIPT), "-m", "hydra/launcher=joblib",
+            f"hydra.launcher.n_jobs={JOBS_WORKERS}", "experiment=numpy", f"seed=range(0,{seeds})"]
+
+
+def _timed_sweep(seeds: int, launch: Path, timeout: float) -> float:
+    """Wall time of one sweep launched from ``launch`` (its own mlflow.db and multirun/ there). Its output goes
+    to a file (a 64-job sweep fills a pipe); past ``timeout`` the whole process group is killed, since killing
+    Hydra's process alone would leave its joblib workers running beside the next measurement."""
+    env = child_env()
+    env.pop("MLFLOW_TRACKING_URI", None)  # the store must be the launch dir's, not a developer's
+    log = launch / "sweep.log"
+    start = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen(jobs_command(seeds), cwd=launch, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"the {seeds}-seed joblib sweep ran past {timeout:.0f} s (in {launch})") from None
+        finally:  # past the limit, or this benchmark interrupted: the sweep and its workers go too
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise BenchError(f"the {seeds}-seed joblib sweep exited {proc.returncode}: {log.read_text()[-2000:]}")
+    return wall
+
+
+def _child_loops(launch: Path, seeds: int) -> list[float]:
+    """``time/loop_s`` of each job of the sweep recorded in ``launch``/mlflow.db (its child runs; the parent run
+    has no loop). A fresh client on that store: nothing cached from another sweep's."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{launch / 'mlflow.db'}")
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = [r for r in client.search_runs(ids, max_results=10_000) if "mlflow.parentRunId" in r.data.tags]
+    loops = [r.data.metrics["time/loop_s"] for r in runs if "time/loop_s" in r.data.metrics]
+    if len(loops) != seeds:  # a job lost or unrecorded would make the median a figure of another sweep
+        raise BenchError(f"the {seeds}-seed sweep in {launch} recorded time/loop_s for {len(loops)} child runs")
+    return loops
+
+
+def bench_jobs(s: Settings, tmp: Path, quick: bool = False) -> dict[str, Any]:
+    """A sweep job's marginal cost beyond its loop, as the issue defines it: the small and the big joblib sweep
+    (2 workers, experiment=numpy, one seed a job) from fresh launch dirs, alternating pair by pair;
+    marginal = (wall(big) - wall(small)) / (big - small) x 2 workers, against the median ``time/loop_s`` of the
+    big sweep's runs. The fixed costs (start-up, the parent run, the report) cancel in the difference."""
+    small, big = JOBS_SIZES_QUICK if quick else JOBS_SIZES
+    timeout = JOBS_TIMEOUT_QUICK_S if quick else JOBS_TIMEOUT_S
+    pairs = max(1, s.process_repeats)
+
+    def sweep(seeds: int) -> tuple[float, list[float]]:
+        launch = Path(tempfile.mkdtemp(prefix=f"jobs-{seeds}-", dir=tmp))
+        wall = _timed_sweep(seeds, launch, timeout)
+        loops = _child_loops(launch, seeds) if seeds == big else []
+        shutil.rmtree(launch, ignore_errors=True)  # 64 runs' artifacts a round: the temp disk is not the point
+        return wall, loops
+
+    for _ in range(s.process_warmup):  # unmeasured: the page cache and .pyc files, which the first sweep pays
+        sweep(small)
+    walls: dict[int, list[float]] = {small: [], big: []}
+    marginals: list[float] = []
+    loops: list[float] = []
+    for i in range(pairs):
+        for seeds in alternate(i, small, big):
+            wall, job_loops = sweep(seeds)
+            walls[seeds].append(wall)
+            loops += job_loops
+        marginals.append((walls[big][-1] - walls[small][-1]) / (big - small) * JOBS_WORKERS)
+    out = {
+        "command": " ".join(["python scripts/train.py", *jobs_command(big)[2:-1], "'seed=range(0,N)'"]),
+        "sizes": [small, big],
+        "workers": JOBS_WORKERS,
+        "formula": f"(wall({big}) - wall({small})) / {big - small} x {JOBS_WORKERS} workers",
+        "small_s": median(walls[small]),
+        "big_s": median(walls[big]),
+        "marginal_s": median(marginals),
+        "loop_s": median(loops),
+        "samples": {"small": walls[small], "big": walls[big], "marginal": marginals},
+        "loop_samples": loops,
+        "rounds": pairs,
+        "target": JOBS_TARGET,
+    }
+    out["ratio"] = ratio(out["marginal_s"], out["loop_s"])
+    print(f"[bench] jobs: {small} seeds {out['small_s']:.1f}s, {big} seeds {out['big_s']:.1f}s -> "
+          f"marginal {out['marginal_s']:.2f}s a job vs its loop {out['loop_s']:.3f}s -> "
+          f"{out['ratio']:.2f}x", file=sys.stderr, flush=True)
     return out

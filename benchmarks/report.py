@@ -80,6 +80,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if "ratio" in sw:
         add(f"{len(sw['experiments'])}-experiment sweep vs the reference scripts as processes", sw["ratio"],
             sw["target"], "x", st_.get("sweep_repeats"))
+    jb = results.get("jobs", {})
+    if "ratio" in jb:
+        small, big = jb["sizes"]
+        add(f"a sweep job's marginal cost vs its loop (joblib, {jb['workers']} workers, {small} vs {big} seeds: "
+            f"{fmt(jb['marginal_s'])} s vs {fmt(jb['loop_s'], 3)} s)", jb["ratio"], jb["target"], "x", jb["rounds"])
+        if not jb["marginal_s"] > 0:  # the big sweeps no slower than the small: noise, not a figure to call met
+            rows[-1]["met"] = None
     sc = results.get("scaling", {})
     for r in sc.get("rows", []):
         if r["size"] == sc["largest"] and r["impl"] in TORCH_TRAINERS:
@@ -257,6 +264,24 @@ def markdown(results: dict[str, Any]) -> str:
                       f"{fmt(sw['ratio_joblib'])}× |",
                       f"| the {len(sw['experiments'])} reference scripts, one process each | "
                       f"{fmt(sw['tutorial_s'], 1)} | |"]
+    if jb := results.get("jobs"):
+        lines += ["", "## A sweep job's marginal cost beyond its loop", ""]
+        if "skipped" in jb:
+            lines.append(f"skipped: {jb['skipped']}")
+        else:
+            small, big = jb["sizes"]
+            lines += [f"`{jb['command']}` from a fresh launch dir each (its own mlflow.db and multirun/), N = {small} "
+                      f"and {big} alternating, {jb['rounds']} pair(s); marginal = {jb['formula']}, the median over "
+                      f"pairs, against the median `time/loop_s` of the {big}-seed sweeps' runs.", "",
+                      f"| wall {small} seeds s | wall {big} seeds s | marginal s/job | median loop s | ratio | target "
+                      "| verdict |", "|---:|---:|---:|---:|---:|---:|---|",
+                      f"| {fmt(jb['small_s'], 1)} | {fmt(jb['big_s'], 1)} | {fmt(jb['marginal_s'])} | "
+                      f"{fmt(jb['loop_s'], 3)} | {fmt(jb['ratio'])}× | ≤ {jb['target']:g}× | "
+                      f"{verdict(jb['ratio'] <= jb['target'] if jb['marginal_s'] > 0 else None)} |"]
+            if not jb["marginal_s"] > 0:
+                lines += ["", f"The {big}-seed sweeps took no longer than the {small}-seed ones: the machine's noise "
+                          "swamped the difference (no verdict); more pairs (--repeats) or a "
+                          "quieter machine give a figure."]
     if sc := results.get("scaling"):
         lines += ["", f"## Scaling on {sc['device']}: N = D_in = H, D_out = {sc['d_out']}, {sc['dtype']}", "",
                   f"FLOPs per step = {sc['flops_formula']}. Steady-state step time (median of the intervals between "
@@ -337,6 +362,9 @@ def flat_ratios(results: dict[str, Any]) -> dict[str, float]:
         out["ratio/startup/untracked_optim"] = results["startup"]["ratio_untracked"]
     if "ratio" in results.get("sweep", {}):
         out["ratio/sweep"] = results["sweep"]["ratio"]
+    if "ratio" in results.get("jobs", {}):
+        out["ratio/jobs"] = results["jobs"]["ratio"]
+        out["seconds/jobs/marginal"] = results["jobs"]["marginal_s"]
     sc = results.get("scaling", {})
     for r in sc.get("rows", []):
         if r["impl"] in TORCH_TRAINERS:
