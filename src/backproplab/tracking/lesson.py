@@ -159,16 +159,20 @@ def _table(ways: list[dict[str, Any]]) -> str:
     return "\n".join([*rows, "</table>"])
 
 
-def make_lesson(tracking_uri: str, parent_run_id: str, out_dir: Path, log_artifact: bool = True) -> Path:
-    """Write ``out_dir/lesson.html`` for the sweep whose parent run is ``parent_run_id``, and log it to that run."""
+def make_lesson(tracking_uri: str, parent_run_id: str, out_dir: Path, log_artifact: bool = True,
+                found: list[Group] | None = None) -> Path:
+    """Write ``out_dir/lesson.html`` for the sweep whose parent run is ``parent_run_id``, and log it to that run.
+    ``found``: its runs in groups as the report has just read them (each run's curve is read once, not twice: a
+    64-seed sweep's second read cost it a second); else read here."""
     from mlflow.tracking import MlflowClient
     from pygments.formatters import HtmlFormatter
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per small file: noise
     client = MlflowClient(tracking_uri)
     parent = client.get_run(parent_run_id)
-    runs, asked = sweep_runs(client, [parent])
-    found = group_runs(runs, asked)
+    if found is None:
+        found = group_runs(*sweep_runs(client, [parent]))
+    runs = [r for g in found for r in g.runs]
     with tempfile.TemporaryDirectory() as into:
         ways = [_read(client, g, into) for g in found]
     traces = [t for w in ways for t in w["runs"]]

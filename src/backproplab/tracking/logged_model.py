@@ -58,8 +58,9 @@ def _quiet(client: Any) -> Iterator[None]:
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = before
 
 
-def log_model(client: Any, run_id: str, op: dict[str, Any], path: Path | None) -> None:
-    """Apply a "model" operation. Explicit requirements: MLflow's inference of them costs seconds per run."""
+def log_model(client: Any, run_id: str, op: dict[str, Any], path: Path | None) -> str:
+    """Apply a "model" operation; returns the model's id. Explicit requirements: MLflow's inference of them costs
+    seconds per run."""
     import mlflow
     from mlflow.models import Model, ModelSignature
     from mlflow.types import Schema, TensorSpec
@@ -97,6 +98,7 @@ def log_model(client: Any, run_id: str, op: dict[str, Any], path: Path | None) -
                 artifacts={"weights": str(path)}, model_config=op["config"], flavor_name="pyfunc.ModelFromCode",
                 pip_requirements=[f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"], **common,
             )
+    return logged.model_id
 
 
 # -- the Model Registry ----------------------------------------------------------------------------------------

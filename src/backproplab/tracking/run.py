@@ -66,7 +66,7 @@ class MlflowTracker(Recorder):
         self.flush_every = int(cfg.logger.get("flush_every", 1000))
         self.flush_seconds = float(cfg.logger.get("flush_seconds", 5.0))
         self.server_timeout = float(cfg.logger.get("server_timeout", 60.0))
-        self._pending: list[tuple[str, float, int, int]] = []
+        self._pending: list[tuple] = []  # (key, value, timestamp, step[, the model's id it is linked to])
         self._t0 = time.perf_counter()
         self._flushed: float | None = None  # when the last batch was written; the clock starts at step 0
         self.spool: Spool | None = None  # set once the server is away: every later write goes there
@@ -264,15 +264,15 @@ class MlflowTracker(Recorder):
     def _failing(self) -> None:
         self._waiting = True
 
-    def _write(self, op: dict[str, Any]) -> None:
-        """Apply one operation to the run, or keep it in the spool once the server is away."""
+    def _write(self, op: dict[str, Any]) -> str | None:
+        """Apply one operation to the run (returns what apply returns: a model's id), or keep it in the spool once
+        the server is away."""
         if self.spool is None:
             self._waiting = False  # set by send once the server fails to answer this write
             try:
                 timeout = min(self.server_timeout, 5.0) if self._interrupted else self.server_timeout
-                send(apply, self.client, self.run_id, op, timeout=timeout, server=self._server,
-                     failing=self._failing)
-                return
+                return send(apply, self.client, self.run_id, op, timeout=timeout, server=self._server,
+                            failing=self._failing)
             except ServerAway:
                 self._open_spool()
             except KeyboardInterrupt:
@@ -282,8 +282,9 @@ class MlflowTracker(Recorder):
                 self.spool.append(op)  # type: ignore[union-attr]
                 if not self._interrupted:
                     raise
-                return
+                return None
         self.spool.append(op)  # type: ignore[union-attr]
+        return None
 
     def _open_spool(self) -> None:
         from hydra.core.hydra_config import HydraConfig
@@ -357,9 +358,9 @@ class MlflowTracker(Recorder):
             **{f"time/{key}": value for key, value in result.timings.items()},
         }
         now = int(time.time() * 1000)
-        # with the last steps' batch: one write (a database commit each) rather than two
+        # with the last steps' batch, after the model: one write (a database commit each) rather than two. Pending
+        # until then, so that a model that fails still leaves them (__exit__ flushes what is pending).
         self._pending.extend((k, float(v), now, 0) for k, v in final.items())
-        self.flush()
         self._write(self._file("config.yaml", resolved_yaml(self.cfg)))
         # with its interpolations kept (optim.optimizer.lr: ${..lr}), so that +rerun overrides propagate
         self._write(self._file("config_source.yaml", resolved_yaml(self.cfg, resolve=False)))
@@ -369,7 +370,16 @@ class MlflowTracker(Recorder):
         # the training data as an MLflow dataset input: the UI's Dataset column says what the run trained on
         self._write({"op": "dataset", "name": problem.name, "object": (problem.x, problem.y)})
         self.log_fit(result, problem)
-        self.log_weights(result, problem)
+        # The model before the metrics: MLflow links a new model to its run's metrics of step 0 by reading back the
+        # history of every metric the run has (500 rows of train/loss, ~30 ms a run); with none written yet it
+        # reads none, and the step-0 metrics (the final ones among them) are linked here instead, as they are written.
+        # A spooled run's model is logged when scripts/sync.py replays it, without an id here: its metrics go
+        # first then, as before, for MLflow to link.
+        if self.spool is not None:
+            self.flush()
+        if model_id := self.log_weights(result, problem):
+            self._pending = [(*m, model_id) if m[3] == 0 else m for m in self._pending]  # MLflow's rule: step 0
+        self.flush()
 
     def log_fit(self, result: Any, problem: Any) -> None:
         """A formula model's fit: the formula (tag ``fit.formula``, ``result.txt``, the description's last paragraph),
@@ -396,16 +406,17 @@ class MlflowTracker(Recorder):
         now = int(time.time() * 1000)
         self._write({"op": "metrics", "metrics": [(k, float(v), now, 0) for k, v in metrics.items()]})
 
-    def log_weights(self, result: Any, problem: Any) -> None:
+    def log_weights(self, result: Any, problem: Any) -> str | None:
         """The final weights, stored once: in the run's model (tracking.logged_model). Without a model
-        (``logger.log_model=false``, or one that could not be logged) they are ``weights.npz``, never lost."""
+        (``logger.log_model=false``, or one that could not be logged) they are ``weights.npz``, never lost.
+        Returns the model's id (None without a model, or once the run is spooled)."""
         weights = self._file("weights.npz", arrays=result.weights)
         if not self.cfg.logger.get("log_model", True):
             self._write(weights)
-            return
+            return None
         model = logged_model.operation(result, problem, self.cfg.model, self.experiment_id, Path(weights["path"]))
         try:
-            self._write(model)
+            return self._write(model)
         except Exception:
             with contextlib.suppress(Exception):  # the run fails with the model's error, not this one's
                 self._write(weights)

@@ -115,14 +115,16 @@ def send(write: Callable[..., Any], *args: Any, timeout: float, server: bool = T
 # which the spool writes to a file.
 
 
-def apply(client: Any, run_id: str, op: dict[str, Any], base: Path = Path("/")) -> None:
-    """One operation, written to the run ``run_id`` through ``client``."""
+def apply(client: Any, run_id: str, op: dict[str, Any], base: Path = Path("/")) -> str | None:
+    """One operation, written to the run ``run_id`` through ``client``; a model's id for a "model" operation.
+    A metric is ``[key, value, timestamp, step]``, and a fifth item links it to a logged model."""
     from mlflow.entities import Metric, RunTag
 
     kind = op["op"]
     path = base / op["path"] if "path" in op else None
     if kind == "metrics":
-        client.log_batch(run_id, metrics=[Metric(*m) for m in op["metrics"]], synchronous=True)
+        metrics = [Metric(*m[:4], model_id=m[4] if len(m) > 4 else None) for m in op["metrics"]]
+        client.log_batch(run_id, metrics=metrics, synchronous=True)
     elif kind == "tags":
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in op["tags"].items()], synchronous=True)
     elif kind == "file":
@@ -134,7 +136,7 @@ def apply(client: Any, run_id: str, op: dict[str, Any], base: Path = Path("/")) 
     elif kind == "model":
         from backproplab.tracking.logged_model import log_model
 
-        log_model(client, run_id, op, path)
+        return log_model(client, run_id, op, path)
     elif kind == "end":
         client.set_terminated(run_id, op["status"])
     else:

@@ -52,9 +52,14 @@ def _parse(params: tuple[tuple[str, str], ...], typed: tuple[str, ...]) -> Parse
     """The sweeper's params (``(key, value)``) and the overrides as typed, through Hydra's parser in one call."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params] + list(typed))
-    keys = [o.key_or_group for o in parsed[len(params):] if o.is_sweep_override()]
+    parser = OverridesParser.create()
+    typed_parsed = parser.parse_overrides(list(typed))
+    keys = [o.key_or_group for o in typed_parsed if o.is_sweep_override()]
     counts: dict[str, int | None] = {}
+    try:
+        parsed = parser.parse_overrides([f"{k}={v}" for k, v in params]) + typed_parsed
+    except Exception:  # a sweeper whose params are not in Hydra's override grammar (Ax's, Nevergrad's dicts)
+        counts, parsed = dict.fromkeys((k for k, _ in params), None), typed_parsed
     for o in parsed:
         if not o.is_sweep_override():  # later wins, as in the basic sweeper
             counts.pop(o.key_or_group, None)
@@ -274,8 +279,10 @@ class MlflowSweepCallback(Callback):
         from backproplab.tracking.store import chosen_uri
 
         out = Path(config.hydra.sweep.dir) / "report"
+        found = None
         try:
             result = make_report(uri, config.logger.experiment_name, self.parent_id, out)
+            found = result.groups
             print(f"[backproplab] report: {out}/report.md", flush=True)
             for line in result.verdicts():
                 print(f"[backproplab] {line}", flush=True)
@@ -283,7 +290,7 @@ class MlflowSweepCallback(Callback):
         except Exception as e:  # a report problem must not change the sweep's outcome
             print(f"[backproplab] report skipped: {e}", flush=True)
         try:
-            path = make_lesson(uri, self.parent_id, out)
+            path = make_lesson(uri, self.parent_id, out, found=found)
             page = names.run_page(uri, self.exp_id, self.parent_id, chosen_uri(config.logger) is None, NAME)
             print(f"[backproplab] lesson: {page}; the file: {path.resolve()}", flush=True)
         except Exception as e:
