@@ -237,7 +237,32 @@ def test_a_title_wraps_at_spaces_and_after_commas_never_inside_a_word() -> None:
 
     title = "backproplab: experiment=numpy,tensor,autograd,function,tensorflow,nn,optim,module,dynamic (9 runs)"
     lines = wrap(title, 60).splitlines()
-    assert lines == ["backproplab: experiment=numpy,tensor,autograd,function,",
-                     "tensorflow,nn,optim,module,dynamic (9 runs)"]
+    assert lines == ["backproplab: experiment=numpy,tensor,autograd,",
+                     "function,tensorflow,nn,optim,module,dynamic (9 runs)"]
+    # as few lines as the width allows, of even length: no word left alone on the last one
+    assert wrap("backproplab: optim=sgd,adam,rmsprop seed=range(0,5) (15 runs, 3 groups)", 64).splitlines() == [
+        "backproplab: optim=sgd,adam,rmsprop", "seed=range(0,5) (15 runs, 3 groups)"]
     assert "".join(wrap(title, 20).splitlines()).replace(" ", "") == title.replace(" ", "")
     assert wrap("short", 40) == "short"
+
+
+def test_a_run_loss_curve_labels_its_ticks_in_plain_numbers_that_differ() -> None:
+    """The run's loss_curve.png labels its log axis without mathtext (a third of the figure's cost, every run);
+    a curve within one decade gets labelled minor ticks, which must read apart even a few percent apart."""
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from backproplab.tracking.figures import loss_curve, tick
+
+    assert [tick(v) for v in (1e-6, 3e-3, 0.01, 0.5, 100, 2000, 1e4, 3e7)] == [
+        "1e-6", "3e-3", "0.01", "0.5", "100", "2000", "1e+4", "3e+7"]
+    cfg = OmegaConf.create({"trainer": {"name": "numpy"}, "model": {"name": "sequential"},
+                            "optim": {"name": "sgd", "lr": 1e-6}})
+    for low, high in ((1.01e-5, 1.06e-5), (0.5, 3.0), (1e-6, 3e7)):
+        fig = loss_curve(list(range(500)), list(np.geomspace(high, low, 500)), cfg)
+        fig.canvas.draw()  # the formatters run on a drawn figure
+        axis = fig.axes[0].yaxis
+        labels = [t.get_text() for t in axis.get_majorticklabels() + axis.get_minorticklabels()
+                  if t.get_text() and low <= t.get_position()[1] <= high]
+        assert labels and len(labels) == len(set(labels)), (low, high, labels)
+        assert not any("$" in label for label in labels)

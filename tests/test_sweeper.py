@@ -26,6 +26,9 @@ def test_jobs_that_differ_in_plain_values_share_a_shape() -> None:
     assert shape_of("~seed=0") != shape_of("~seed=1")
     assert shape_of("+extra=1") != shape_of("extra=1")
     assert shape_of("+extra=1") == shape_of("+extra=2")
+    # a dict or a list merges into a node: which keys it has can decide whether the job composes
+    assert shape_of("model.net={d_in:5}") != shape_of("model.net={bogus:5}")
+    assert shape_of("model.net={d_in:5}") != shape_of("model.net=[1,2]")
 
 
 @pytest.mark.slow

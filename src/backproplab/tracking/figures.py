@@ -44,10 +44,12 @@ def loss_curve(steps: list[int], losses: list[float], cfg: DictConfig) -> Any:
 
 
 def tick(value: float, _position: int | None = None) -> str:
-    """A log axis's tick label: ``0.01`` to ``1000`` as written, beyond as ``1e-6`` or ``3e+07``."""
+    """A log axis's tick label: ``0.01`` to ``1000`` as written, beyond as ``1e-6``, ``3e+7`` or ``1.015e-5`` (up to
+    four significant digits: the ticks of a curve that spans a few percent must still differ)."""
     if 0.01 <= abs(value) < 1e4:
-        return f"{value:g}"
-    mantissa, exponent = f"{value:.0e}".split("e")
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
+    mantissa, exponent = f"{value:.3e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
     return f"{mantissa}e{int(exponent):+d}" if int(exponent) > 0 else f"{mantissa}e{int(exponent)}"
 
 
@@ -78,14 +80,22 @@ def fit_plot(fit: dict[str, Any], title: str) -> Any:
 
 
 def wrap(text: str, width: int) -> str:
-    """``text`` in lines of about ``width`` characters, broken at spaces or after commas, never inside a word (a
-    sweep's ``experiment=numpy,tensor,...`` has no spaces)."""
-    lines = [""]
-    for piece in re.findall(r"[^,\s]*(?:,|\s+|$)", text):
-        if lines[-1] and len(lines[-1] + piece.rstrip()) > width:
-            lines.append("")
-        lines[-1] += piece
-    return "\n".join(line.rstrip() for line in lines)
+    """``text`` in lines of at most about ``width`` characters, broken at spaces or after commas, never inside a
+    word (a sweep's ``experiment=numpy,tensor,...`` has no spaces); as few lines as that takes, of even length,
+    so that no word is left alone on the last one."""
+    pieces = re.findall(r"[^,\s]*(?:,|\s+|$)", text)
+
+    def lines(limit: int) -> list[str]:
+        out = [""]
+        for piece in pieces:
+            if out[-1] and len(out[-1] + piece.rstrip()) > limit:
+                out.append("")
+            out[-1] += piece
+        return [line.rstrip() for line in out]
+
+    fewest = len(lines(width))
+    even = next(w for w in range(math.ceil(len(text) / fewest), width + 1) if len(lines(w)) <= fewest)
+    return "\n".join(lines(even))
 
 
 def step_axis(runs: Iterable[Trace]) -> bool:

@@ -22,7 +22,10 @@ class BackproplabSweeper(BasicSweeper):
     """The basic sweeper, validating one job of each shape (``shape``) instead of every job."""
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        assert self.hydra_context is not None
+        assert self.hydra_context is not None and self.config is not None
+        if self.config.hydra.searchpath:  # groups that only the extra search path has are not known here
+            super().validate_batch_is_legal(batch)
+            return
         loader = self.hydra_context.config_loader
         parser = OverridesParser.create(config_loader=loader)
         parsed: dict[str, Override] = {}
@@ -44,12 +47,14 @@ class BackproplabSweeper(BasicSweeper):
 
 def shape(overrides: Sequence[Override], is_group: Callable[[str], bool]) -> tuple[Hashable, ...]:
     """What a job's composition depends on: every override in full where its value can matter (a config group's
-    choice, a ``hydra.*`` key, whose nodes are typed, a deletion, which checks the value it deletes); elsewhere
-    only which key is set and how (``seed=3`` and ``seed=4`` have one shape; ``+foo=1`` and ``foo=1`` do not)."""
+    choice, a ``hydra.*`` key, whose nodes are typed, a deletion, which checks the value it deletes, a dict or a
+    list, which merges into a node); elsewhere only which key is set and how (``seed=3`` and ``seed=4`` have one
+    shape; ``+foo=1`` and ``foo=1`` do not)."""
     out: list[Hashable] = []
     for o in overrides:
         key = o.key_or_group
-        if o.type == OverrideType.DEL or key.startswith("hydra") or o.package is not None or is_group(key):
+        if (o.type == OverrideType.DEL or key.startswith("hydra") or o.package is not None
+                or isinstance(o.value(), (dict, list)) or is_group(key)):
             out.append(o.input_line)
         else:
             out.append((o.type, key))
