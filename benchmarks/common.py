@@ -7,6 +7,7 @@ import importlib
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -187,9 +188,10 @@ def compose_cfg(*overrides: str) -> Any:
     return cfg
 
 
-def time_process(cmd: Sequence[str], cwd: Path | str, timeout: float = 900) -> float:
+def time_process(cmd: Sequence[str], cwd: Path | str, timeout: float = 900,
+                 env: dict[str, str] | None = None) -> float:
     """Wall time of one process, stdout to /dev/null (the tutorial prints every step)."""
-    return measure_process(cmd, cwd, timeout)[0]
+    return _watched(cmd, cwd, timeout, keep_output=False, env=env)[0]
 
 
 def timed_output(cmd: Sequence[str], cwd: Path | str, timeout: float = 900) -> tuple[float, str]:
@@ -214,23 +216,30 @@ def measured_output(cmd: Sequence[str], cwd: Path | str, timeout: float = 900) -
     return _watched(cmd, cwd, timeout, keep_output=True)
 
 
-def _watched(cmd: Sequence[str], cwd: Path | str, timeout: float, keep_output: bool) -> tuple[float, float, str]:
+def _watched(cmd: Sequence[str], cwd: Path | str, timeout: float, keep_output: bool,
+             env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """Run one process, watching its peak resident memory: its own VmHWM, read while it runs (rusage would count
-    this big parent's memory: the child is forked from it)."""
+    this big parent's memory: the child is forked from it). In a session of its own: past ``timeout``, or this
+    benchmark interrupted, its whole process group is killed, so that no worker it started (a joblib sweep's)
+    runs on beside the next measurement."""
     start = time.perf_counter()
     peak_kib = 0
     with tempfile.TemporaryFile("w+") as err, tempfile.TemporaryFile("w+") as out:
         proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, stdout=out if keep_output else subprocess.DEVNULL,
-                                stderr=err, text=True, env=child_env())
-        status = Path(f"/proc/{proc.pid}/status")
-        while proc.poll() is None:
-            with contextlib.suppress(OSError, ValueError):
-                hwm = [line for line in status.read_text().splitlines() if line.startswith("VmHWM:")]
-                peak_kib = max(peak_kib, int(hwm[0].split()[1])) if hwm else peak_kib
-            if time.perf_counter() - start > timeout:
-                proc.kill()
-                raise BenchError(f"{' '.join(map(str, cmd))} ran past {timeout:.0f} s")
-            time.sleep(0.01)
+                                stderr=err, text=True, env=env or child_env(), start_new_session=True)
+        try:
+            status = Path(f"/proc/{proc.pid}/status")
+            while proc.poll() is None:
+                with contextlib.suppress(OSError, ValueError):
+                    hwm = [line for line in status.read_text().splitlines() if line.startswith("VmHWM:")]
+                    peak_kib = max(peak_kib, int(hwm[0].split()[1])) if hwm else peak_kib
+                if time.perf_counter() - start > timeout:
+                    raise BenchError(f"{' '.join(map(str, cmd))} ran past {timeout:.0f} s")
+                time.sleep(0.01)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         wall = time.perf_counter() - start
         err.seek(0)
         out.seek(0)

@@ -4,11 +4,8 @@ costs beyond its own loop."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -212,28 +209,10 @@ def jobs_command(seeds: int) -> list[str]:
 
 
 def _timed_sweep(seeds: int, launch: Path, timeout: float) -> float:
-    """Wall time of one sweep launched from ``launch`` (its own mlflow.db and multirun/ there). Its output goes
-    to a file (a 64-job sweep fills a pipe); past ``timeout`` the whole process group is killed, since killing
-    Hydra's process alone would leave its joblib workers running beside the next measurement."""
-    env = child_env()
-    env.pop("MLFLOW_TRACKING_URI", None)  # the store must be the launch dir's, not a developer's
-    log = launch / "sweep.log"
-    start = time.perf_counter()
-    with log.open("w") as out:
-        proc = subprocess.Popen(jobs_command(seeds), cwd=launch, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise BenchError(f"the {seeds}-seed joblib sweep ran past {timeout:.0f} s (in {launch})") from None
-        finally:  # past the limit, or this benchmark interrupted: the sweep and its workers go too
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise BenchError(f"the {seeds}-seed joblib sweep exited {proc.returncode}: {log.read_text()[-2000:]}")
-    return wall
+    """Wall time of one sweep launched from ``launch`` (its own mlflow.db and multirun/ there, not a developer's
+    MLFLOW_TRACKING_URI); past ``timeout``, it and its joblib workers are killed (common.time_process)."""
+    env = {k: v for k, v in child_env().items() if k != "MLFLOW_TRACKING_URI"}
+    return time_process(jobs_command(seeds), launch, timeout, env=env)
 
 
 def _child_loops(launch: Path, seeds: int) -> list[float]:
